@@ -1,0 +1,208 @@
+"""Datasets of the tutorial: MNIST, CelebA and CelebAHQ image folders.
+
+    python dldemos/VQVAE/dataset.py            # download MNIST, write previews
+    python dldemos/VQVAE/dataset.py --data-root /path/to/data
+
+Images come out as float tensors in [0, 1], [C, H, W].
+Splits: MNIST uses its official train / test split. A CelebA(HQ) folder has no
+official split, so the last 10% of files by sorted name are held out as
+'test' and 'train' is the rest ('all' gives every file).
+"""
+import argparse
+import os
+
+import einops
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import transforms
+
+DATA_ROOT = 'data'
+MNIST_DIR = 'mnist'
+CELEBA_DIR = 'celebA/img_align_celeba'
+CELEBA_HQ_DIR = 'celebA/celeba_hq_256'
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+HELD_OUT_FRACTION = 0.1
+DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
+
+
+class MNISTImageDataset(Dataset):
+
+    def __init__(self, img_shape=(28, 28), root=os.path.join(DATA_ROOT,
+                                                             MNIST_DIR),
+                 train=True, download=True):
+        super().__init__()
+        self.img_shape = tuple(img_shape)
+        self.mnist = torchvision.datasets.MNIST(root=root, train=train,
+                                                download=download)
+        # At the native size ToTensor() is just uint8 / 255: doing it once for
+        # the whole set keeps __getitem__ an index, so no workers are needed.
+        if self.img_shape == (28, 28):
+            self.images = self.mnist.data.unsqueeze(1).float() / 255
+        else:
+            self.images = None
+            self.pipeline = transforms.Compose(
+                [transforms.Resize(self.img_shape),
+                 transforms.ToTensor()])
+
+    def __len__(self):
+        return len(self.mnist)
+
+    def __getitem__(self, index: int):
+        if self.images is not None:
+            return self.images[index]  # [1, 28, 28]
+        return self.pipeline(self.mnist[index][0])
+
+
+def list_images(root):
+    """Sorted image file names in `root` (other files are ignored)."""
+    return sorted(f for f in os.listdir(root)
+                  if f.lower().endswith(IMG_EXTENSIONS)
+                  and os.path.isfile(os.path.join(root, f)))
+
+
+def split_files(filenames, split):
+    n_test = max(1, int(round(len(filenames) * HELD_OUT_FRACTION)))
+    if split == 'train':
+        return filenames[:-n_test] if len(filenames) > 1 else filenames
+    if split == 'test':
+        return filenames[-n_test:]
+    if split == 'all':
+        return filenames
+    raise ValueError(f"unknown split {split!r}: use 'train', 'test' or 'all'")
+
+
+def celeba_transform(img_shape):
+    # Centre crop makes the face larger and squares CelebA's 178x218 images.
+    return transforms.Compose([
+        transforms.CenterCrop(168),
+        transforms.Resize(img_shape),
+        transforms.ToTensor()
+    ])
+
+
+class CelebADataset(Dataset):
+
+    def __init__(self, root, img_shape=(64, 64), split='all'):
+        super().__init__()
+        self.root = root
+        self.img_shape = tuple(img_shape)
+        self.filenames = split_files(list_images(root), split)
+        self.pipeline = celeba_transform(self.img_shape)
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def __getitem__(self, index: int):
+        path = os.path.join(self.root, self.filenames[index])
+        with Image.open(path) as img:
+            return self.pipeline(img.convert('RGB'))  # [3, H, W]
+
+
+def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
+                use_lmdb=False, download=True):
+    if type not in DATASET_TYPES:
+        raise ValueError(f'unknown dataset type {type!r}: use one of '
+                         f'{", ".join(DATASET_TYPES)}')
+    if type == 'MNIST':
+        if split == 'all':
+            raise ValueError("MNIST has train and test splits, not 'all'")
+        return MNISTImageDataset(img_shape or (28, 28),
+                                 os.path.join(data_root, MNIST_DIR),
+                                 train=(split == 'train'), download=download)
+    folder = os.path.join(data_root,
+                          CELEBA_DIR if type == 'CelebA' else CELEBA_HQ_DIR)
+    kwargs = {} if img_shape is None else {'img_shape': img_shape}
+    if use_lmdb:
+        from dldemos.lmdb_loader import LMDBImageDataset
+        return LMDBImageDataset(folder + '.lmdb', split=split,
+                                transform=celeba_transform(
+                                    kwargs.get('img_shape', (64, 64))))
+    return CelebADataset(folder, split=split, **kwargs)
+
+
+def get_dataloader(type,
+                   batch_size,
+                   img_shape=None,
+                   dist_train=False,
+                   num_workers=4,
+                   use_lmdb=False,
+                   data_root=DATA_ROOT,
+                   split='train',
+                   subset=None,
+                   shuffle=True,
+                   seed=0,
+                   pin_memory=False,
+                   download=True,
+                   **kwargs):
+    """The tutorial's loader factory, plus data root, split and subset.
+
+    With dist_train=True it returns (dataloader, sampler) as the tutorial's
+    does; the sampler's set_epoch(e) must be called each epoch. Either way the
+    sampler is a seeded DistributedSampler (one replica when not distributed),
+    so the order of epoch e depends only on (seed, e): runs are repeatable and
+    a resumed run sees the same batches as an uninterrupted one.
+    """
+    dataset = get_dataset(type, img_shape, data_root, split, use_lmdb,
+                          download)
+    if subset is not None:
+        dataset = Subset(dataset, range(min(int(subset), len(dataset))))
+    if isinstance(getattr(dataset, 'dataset', dataset), MNISTImageDataset) \
+            and (img_shape is None or tuple(img_shape) == (28, 28)):
+        num_workers = 0  # in-memory tensors: workers only add overhead
+    if dist_train:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0,
+                                     shuffle=shuffle, seed=seed)
+    dataloader = DataLoader(dataset,
+                            batch_size=batch_size,
+                            sampler=sampler,
+                            num_workers=num_workers,
+                            pin_memory=pin_memory,
+                            persistent_workers=num_workers > 0,
+                            **kwargs)
+    if dist_train:
+        return dataloader, sampler
+    return dataloader
+
+
+def download_mnist(data_root=DATA_ROOT, work_dir='work_dirs'):
+    mnist = torchvision.datasets.MNIST(root=os.path.join(data_root, MNIST_DIR),
+                                       download=True)
+    print('length of MNIST', len(mnist))
+    img, label = mnist[4]
+    print('label of image 4:', label)
+    img.save(os.path.join(work_dir, 'tmp_mnist.jpg'))
+    tensor = transforms.ToTensor()(img)
+    print(tensor.shape, tensor.max().item(), tensor.min().item())
+
+
+def preview_celebahq(data_root=DATA_ROOT, work_dir='work_dirs'):
+    dataloader = get_dataloader('CelebAHQ', 16, data_root=data_root,
+                                split='all', num_workers=0)
+    img = next(iter(dataloader))  # [16, 3, 64, 64]
+    N = img.shape[0]
+    n1 = int(N**0.5)
+    img = einops.rearrange(img[:n1 * n1], '(n1 n2) c h w -> c (n1 h) (n2 w)',
+                           n1=n1)
+    transforms.ToPILImage()(img).save(os.path.join(work_dir,
+                                                   'tmp_celebahq.jpg'))
+    print('CelebAHQ preview', tuple(img.shape), img.min().item(),
+          img.max().item())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data-root', default=DATA_ROOT)
+    parser.add_argument('--work-dir', default='work_dirs')
+    args = parser.parse_args(argv)
+    os.makedirs(args.work_dir, exist_ok=True)
+    download_mnist(args.data_root, args.work_dir)
+    if os.path.isdir(os.path.join(args.data_root, CELEBA_HQ_DIR)):
+        preview_celebahq(args.data_root, args.work_dir)
+
+
+if __name__ == '__main__':
+    main()

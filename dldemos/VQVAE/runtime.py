@@ -1,0 +1,178 @@
+"""What every entry point shares: command line, config overrides, device,
+seeding, output paths, logs and stopping on a signal."""
+import argparse
+import ast
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dldemos.dist_utils import get_rank, is_main
+from dldemos.VQVAE.checkpoint import plain
+from dldemos.VQVAE.configs import get_cfg
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def add_common_args(parser):
+    parser.add_argument('-c', type=int, default=0, help='config id')
+    parser.add_argument('-d', type=int, default=0, help='CUDA device index')
+    parser.add_argument('--device', default=None,
+                        help="'cpu', 'cuda', 'cuda:1' ... (default: cuda:D "
+                        'when CUDA is available, else cpu)')
+    parser.add_argument('--data-root', default='data')
+    parser.add_argument('--work-dir', default='work_dirs')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--resume', action='store_true',
+                        help='continue training from the resume points')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        metavar='KEY=VALUE', help='override config keys')
+    parser.add_argument('--debug', action='store_true',
+                        help='show tracebacks instead of one-line errors')
+    return parser
+
+
+def parse_value(text, default):
+    """Parse `text` to the type of the key's current value."""
+    if isinstance(default, bool):
+        if text.lower() in ('1', 'true', 'yes', 'on'):
+            return True
+        if text.lower() in ('0', 'false', 'no', 'off'):
+            return False
+        raise ValueError(f'{text!r} is not a boolean')
+    if isinstance(default, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if default is None:
+            return text
+        raise ValueError(f'{text!r} is not a {type(default).__name__}')
+    if default is None or value is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not type(default):
+        raise ValueError(f'{text!r} is a {type(value).__name__}, expected '
+                         f'{type(default).__name__}')
+    return value
+
+
+def apply_overrides(cfg, options):
+    for option in options:
+        if '=' not in option:
+            raise UsageError(f'--cfg-options takes KEY=VALUE, got {option!r}')
+        key, text = option.split('=', 1)
+        if key not in cfg:
+            raise UsageError(f'unknown config key {key!r}; valid keys: '
+                             f'{", ".join(sorted(cfg))}')
+        try:
+            cfg[key] = parse_value(text, cfg[key])
+        except ValueError as e:
+            raise UsageError(f'bad value for {key}: {e}') from None
+    return cfg
+
+
+def load_cfg(args):
+    try:
+        cfg = get_cfg(args.c)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return apply_overrides(cfg, args.cfg_options)
+
+
+def pick_device(args):
+    if args.device is not None:
+        return torch.device(args.device)
+    if torch.cuda.is_available():
+        return torch.device(f'cuda:{args.d}')
+    return torch.device('cpu')
+
+
+def seed_everything(seed):
+    """Same seed -> same run; each rank gets its own stream."""
+    seed = seed + get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    import random
+    random.seed(seed)
+
+
+def ckpt_path(cfg, key, work_dir):
+    """A bare file name goes into the work dir; a path is used as given."""
+    path = cfg[key]
+    return path if os.path.dirname(path) else os.path.join(work_dir, path)
+
+
+def prepare_work_dir(work_dir, cfg, argv):
+    """Create the work dir, record the resolved config and command line."""
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        probe = os.path.join(work_dir, f'.write_test{os.getpid()}')
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f'work dir {work_dir} is not writable '
+                         f'({e.strerror}): pick another with --work-dir') \
+            from None
+    if is_main():
+        with open(os.path.join(work_dir, 'config.json'), 'w') as f:
+            json.dump(plain(cfg), f, indent=1)
+        with open(os.path.join(work_dir, 'command.txt'), 'a') as f:
+            f.write(' '.join([sys.executable] + list(argv)) + '\n')
+
+
+def append_jsonl(path, record):
+    with open(path, 'a') as f:
+        f.write(json.dumps(plain(record)) + '\n')
+
+
+def log(*args):
+    if is_main():
+        print(*args, flush=True)
+
+
+class StopFlag:
+    """Turns SIGINT / SIGTERM into a flag the training loop polls, so it can
+    save a resume point and exit cleanly instead of dying mid-write."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+    def __bool__(self):
+        return self.signum is not None
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a resume point."""
+
+
+def timer():
+    return time.perf_counter()

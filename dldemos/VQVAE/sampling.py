@@ -1,0 +1,46 @@
+"""Drawing codes from a PixelCNN prior, one latent position at a time."""
+import torch
+import torch.nn.functional as F
+
+
+def sample_from_logits(logits, temperature=1.0, top_k=None, generator=None):
+    """logits: [N, K] -> codes [N] drawn from softmax(logits / temperature),
+    restricted to the top_k most likely codes when top_k is set."""
+    logits = logits.float() / max(temperature, 1e-8)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    prob_dist = F.softmax(logits, -1)
+    return torch.multinomial(prob_dist, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def sample_naive(gen_model, n, H, W, device, temperature=1.0, top_k=None,
+                 generator=None, on_step=None):
+    """The tutorial's sampler: the whole PixelCNN runs once per position
+    (H * W full passes). Kept as the reference for the cached sampler."""
+    x = torch.zeros((n, H, W), dtype=torch.long, device=device)
+    for i in range(H):
+        for j in range(W):
+            output = gen_model(x)  # [n, K, H, W]
+            if on_step is not None:
+                on_step(i, j, output[:, :, i, j])
+            x[:, i, j] = sample_from_logits(output[:, :, i, j], temperature,
+                                            top_k, generator)
+    return x
+
+
+SAMPLERS = {'naive': sample_naive}
+
+
+def sample_codes(gen_model, n, H, W, device, sampler='cached', **kwargs):
+    """Codes [n, H, W] from gen_model (in eval mode) with the named sampler."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f'unknown sampler {sampler!r}: use one of '
+                         f'{", ".join(SAMPLERS)}')
+    was_training = gen_model.training
+    gen_model.eval()
+    try:
+        return SAMPLERS[sampler](gen_model, n, H, W, device, **kwargs)
+    finally:
+        gen_model.train(was_training)
