@@ -81,19 +81,45 @@ def folder_to_lmdb(folder, out_path, progress=True):
     return len(names)
 
 
+_ENVS = {}  # (path, inode) -> read-only environment of this process
+_ENVS_PID = None
+
+
+def open_readonly(path):
+    """One shared read-only environment per LMDB and process.
+
+    lmdb refuses to open the same files twice in a process, and a handle
+    inherited through fork() must not be used, so every dataset on `path` in
+    this process shares one handle, and a forked DataLoader worker drops the
+    parent's handles and opens its own. Read-only without the lock file: no
+    one writes to a finished database. The inode is part of the key so a
+    database rebuilt at the same path is opened afresh.
+    """
+    global _ENVS_PID
+    if _ENVS_PID != os.getpid():
+        for env in _ENVS.values():
+            # Closing the inherited copy only unmaps this process's view;
+            # with lock=False there is no shared reader table to disturb.
+            env.close()
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
+    data = os.path.join(path, 'data.mdb')
+    if not os.path.isfile(data):
+        raise LMDBNotFound(f'LMDB {path} not found: make it with `python '
+                           f'dldemos/lmdb_loader.py FOLDER {path}`')
+    key = (os.path.realpath(path), os.stat(data).st_ino)
+    if key not in _ENVS:
+        for old in [k for k in _ENVS if k[0] == key[0]]:
+            _ENVS.pop(old).close()  # replaced on disk since we opened it
+        _ENVS[key] = lmdb.open(path, readonly=True, lock=False,
+                               readahead=False, meminit=False, subdir=True)
+    return _ENVS[key]
+
+
 def read_keys(path):
     """Sorted image names stored in the LMDB at `path`."""
-    if not os.path.isfile(os.path.join(path, 'data.mdb')):
-        raise LMDBNotFound(f'LMDB {path} not found: make it with `python '
-                           'dldemos/lmdb_loader.py FOLDER '
-                           f'{path}`')
-    env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                    subdir=True)
-    try:
-        with env.begin() as txn:
-            keys = txn.get(KEYS)
-    finally:
-        env.close()
+    with open_readonly(path).begin() as txn:
+        keys = txn.get(KEYS)
     if keys is None:
         raise LMDBNotFound(f'LMDB {path} has no {KEYS.decode()} record: it '
                            'was not written by folder_to_lmdb or its '
@@ -108,9 +134,9 @@ class LMDBImageDataset(Dataset):
 
     split: 'train' / 'test' / 'all', the same rule on the same sorted names as
     the folder (dataset.split_files), so held-out images stay held out.
-    The environment is opened lazily, once per process: a DataLoader worker
-    (forked or spawned) opens its own, read-only and without the lock file,
-    which readers of a database nobody writes to do not need.
+    The environment is opened lazily in the process that reads (each
+    DataLoader worker opens its own, see open_readonly); the dataset holds
+    only the path and the keys, so it pickles to spawned workers as well.
     """
 
     def __init__(self, path, split='all', transform=None):
@@ -119,27 +145,13 @@ class LMDBImageDataset(Dataset):
         self.path = path
         self.transform = transform
         self.keys = [k.encode() for k in split_files(read_keys(path), split)]
-        self.env = None
-        self.pid = None
-
-    def _open(self):
-        self.env = lmdb.open(self.path, readonly=True, lock=False,
-                             readahead=False, meminit=False, subdir=True)
-        self.pid = os.getpid()
-
-    def __getstate__(self):  # a spawned worker gets no open environment
-        state = self.__dict__.copy()
-        state['env'] = state['pid'] = None
-        return state
 
     def __len__(self):
         return len(self.keys)
 
     def __getitem__(self, index: int):
-        if self.env is None or self.pid != os.getpid():  # new (forked) worker
-            self._open()
-        with self.env.begin(buffers=True) as txn:
-            buf = txn.get(self.keys[index])
+        with open_readonly(self.path).begin(buffers=True) as txn:
+            buf = txn.get(self.keys[index])  # valid only inside the txn
             img = Image.open(io.BytesIO(buf)).convert('RGB')  # decoded now
         return self.transform(img) if self.transform else img
 
