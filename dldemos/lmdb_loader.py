@@ -81,19 +81,19 @@ def folder_to_lmdb(folder, out_path, progress=True):
     return len(names)
 
 
-_ENVS = {}  # (path, inode) -> read-only environment of this process
+_ENVS = {}  # absolute path -> read-only environment of this process
 _ENVS_PID = None
 
 
-def open_readonly(path):
+def open_readonly(path, reopen=False):
     """One shared read-only environment per LMDB and process.
 
     lmdb refuses to open the same files twice in a process, and a handle
     inherited through fork() must not be used, so every dataset on `path` in
     this process shares one handle, and a forked DataLoader worker drops the
     parent's handles and opens its own. Read-only without the lock file: no
-    one writes to a finished database. The inode is part of the key so a
-    database rebuilt at the same path is opened afresh.
+    one writes to a finished database. reopen=True (when a dataset is made)
+    picks up a database rebuilt at the same path.
     """
     global _ENVS_PID
     if _ENVS_PID != os.getpid():
@@ -103,22 +103,23 @@ def open_readonly(path):
             env.close()
         _ENVS.clear()
         _ENVS_PID = os.getpid()
-    data = os.path.join(path, 'data.mdb')
-    if not os.path.isfile(data):
-        raise LMDBNotFound(f'LMDB {path} not found: make it with `python '
-                           f'dldemos/lmdb_loader.py FOLDER {path}`')
-    key = (os.path.realpath(path), os.stat(data).st_ino)
-    if key not in _ENVS:
-        for old in [k for k in _ENVS if k[0] == key[0]]:
-            _ENVS.pop(old).close()  # replaced on disk since we opened it
-        _ENVS[key] = lmdb.open(path, readonly=True, lock=False,
-                               readahead=False, meminit=False, subdir=True)
-    return _ENVS[key]
+    env = _ENVS.get(path)  # the per-image path: a dict lookup
+    if env is None or reopen:
+        path = os.path.abspath(path)
+        if path in _ENVS:
+            _ENVS.pop(path).close()
+        if not os.path.isfile(os.path.join(path, 'data.mdb')):
+            raise LMDBNotFound(f'LMDB {path} not found: make it with `python '
+                               f'dldemos/lmdb_loader.py FOLDER {path}`')
+        env = _ENVS[path] = lmdb.open(path, readonly=True, lock=False,
+                                      readahead=False, meminit=False,
+                                      subdir=True)
+    return env
 
 
 def read_keys(path):
     """Sorted image names stored in the LMDB at `path`."""
-    with open_readonly(path).begin() as txn:
+    with open_readonly(path, reopen=True).begin() as txn:
         keys = txn.get(KEYS)
     if keys is None:
         raise LMDBNotFound(f'LMDB {path} has no {KEYS.decode()} record: it '
@@ -142,7 +143,7 @@ class LMDBImageDataset(Dataset):
     def __init__(self, path, split='all', transform=None):
         from dldemos.VQVAE.dataset import split_files
         super().__init__()
-        self.path = path
+        self.path = os.path.abspath(path)  # the key of its shared handle
         self.transform = transform
         self.keys = [k.encode() for k in split_files(read_keys(path), split)]
 
