@@ -32,11 +32,19 @@ def build_parser(description):
 def fetch_data_once(cfg, data_root, splits):
     """Rank 0 opens (and for MNIST downloads) the data while the others wait:
     N processes downloading into one folder would race. A missing dataset or
-    LMDB is reported once, by rank 0, before any training starts."""
-    if is_main():
+    LMDB is reported once, by rank 0, before any training starts. Then the
+    first process of every other node does the same for its own disk (on a
+    shared filesystem it finds the files there already)."""
+    def fetch():
         for split in splits:
             get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
                         data_root, split, cfg['use_lmdb'])
+
+    if is_main():
+        fetch()
+    barrier()
+    if int(os.environ.get('LOCAL_RANK', 0)) == 0 and not is_main():
+        fetch()
     barrier()
 
 
