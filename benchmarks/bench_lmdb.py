@@ -1,8 +1,8 @@
 """Images/s read through the folder dataset vs the LMDB dataset.
 
     python benchmarks/bench_lmdb.py
-    python benchmarks/bench_lmdb.py --folder ../shared/data/celebA/img_align_celeba \\
-        --img-size 64 --batch-size 64 --repeats 3
+    python benchmarks/bench_lmdb.py --folder \
+        ../shared/data/celebA/img_align_celeba --img-size 64 --repeats 3
 
 Converts the folder (default: the CelebA faces in ../shared/data) to an LMDB in
 a temporary directory, then times full passes of a DataLoader over both, with

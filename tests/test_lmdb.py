@@ -23,8 +23,7 @@ def lmdb_root(tiny_data_root, tmp_path_factory):
     return root
 
 
-def test_to_lmdb_writes_both_folders_with_the_file_bytes(tiny_data_root,
-                                                          lmdb_root):
+def test_to_lmdb_stores_the_file_bytes(tiny_data_root, lmdb_root):
     for d in (CELEBA_DIR, CELEBA_HQ_DIR):
         folder = tiny_data_root / d
         env = lmdb.open(str(lmdb_root / (d + '.lmdb')), readonly=True,
