@@ -27,6 +27,9 @@ DEFAULTS = dict(
     amp=True,              # bf16 autocast on CUDA (ignored on CPU)
     channels_last=False,   # NHWC memory layout on CUDA
     compile=False,         # torch.compile the models
+    pixelcnn_bn=True,      # BatchNorm in the prior's gated blocks (the
+                           # tutorial's); per-rank batch statistics make a
+                           # DDP step differ slightly from one big-batch step
 )
 
 mnist_cfg1 = dict(dataset_type='MNIST',

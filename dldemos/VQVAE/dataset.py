@@ -2,6 +2,8 @@
 
     python dldemos/VQVAE/dataset.py            # download MNIST, write previews
     python dldemos/VQVAE/dataset.py --data-root /path/to/data
+    python dldemos/VQVAE/dataset.py --to-lmdb --data-root /path/to/data \
+        --lmdb-root data      # CelebA(HQ) folders -> data/celebA/*.lmdb
 
 Images come out as float tensors in [0, 1], [C, H, W].
 Splits: MNIST uses its official train / test split. A CelebA(HQ) folder has no
@@ -10,6 +12,10 @@ official split, so the last 10% of files by sorted name are held out as
 """
 import argparse
 import os
+import sys
+
+if __name__ == '__main__':  # run as a script: make `dldemos` importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import einops
 import torch
@@ -114,11 +120,22 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
     folder = os.path.join(data_root,
                           CELEBA_DIR if type == 'CelebA' else CELEBA_HQ_DIR)
     kwargs = {} if img_shape is None else {'img_shape': img_shape}
-    if use_lmdb:
-        from dldemos.lmdb_loader import LMDBImageDataset
-        return LMDBImageDataset(folder + '.lmdb', split=split,
-                                transform=celeba_transform(
-                                    kwargs.get('img_shape', (64, 64))))
+    if use_lmdb:  # the LMDB sits beside the folder's place in data_root
+        from dldemos.lmdb_loader import LMDBImageDataset, LMDBNotFound
+        from dldemos.VQVAE.runtime import UsageError
+        path = folder + '.lmdb'
+        try:
+            return LMDBImageDataset(path, split=split,
+                                    transform=celeba_transform(
+                                        kwargs.get('img_shape', (64, 64))))
+        except LMDBNotFound as e:
+            if os.path.exists(path):  # there, but unfinished or foreign
+                raise UsageError(str(e)) from None
+            raise UsageError(
+                f'LMDB {path} not found: make it with `python '
+                'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with '
+                f'the celebA/ folders> --lmdb-root {data_root}` or set '
+                'use_lmdb=False') from None
     return CelebADataset(folder, split=split, **kwargs)
 
 
@@ -193,11 +210,41 @@ def preview_celebahq(data_root=DATA_ROOT, work_dir='work_dirs'):
           img.max().item())
 
 
+def to_lmdb(data_root=DATA_ROOT, lmdb_root=None):
+    """Convert the CelebA / CelebAHQ folders found in data_root into
+    <lmdb_root>/celebA/<folder>.lmdb, where use_lmdb=True looks for them."""
+    from dldemos.lmdb_loader import folder_to_lmdb
+    lmdb_root = data_root if lmdb_root is None else lmdb_root
+    found = [d for d in (CELEBA_DIR, CELEBA_HQ_DIR)
+             if os.path.isdir(os.path.join(data_root, d))]
+    if not found:
+        raise SystemExit(f'error: no {CELEBA_DIR} or {CELEBA_HQ_DIR} folder '
+                         f'in {data_root}: point --data-root at the folder '
+                         'that holds celebA/')
+    for d in found:
+        out = os.path.join(lmdb_root, d + '.lmdb')
+        if os.path.exists(out):
+            print(f'{out} exists, skipped (delete it to rebuild)')
+            continue
+        n = folder_to_lmdb(os.path.join(data_root, d), out)
+        print(f'wrote {n} images to {out}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data-root', default=DATA_ROOT)
     parser.add_argument('--work-dir', default='work_dirs')
+    parser.add_argument('--to-lmdb', action='store_true',
+                        help='convert the CelebA(HQ) folders to LMDB '
+                        '(use_lmdb=True reads them) and exit')
+    parser.add_argument('--lmdb-root', default=None,
+                        help='where --to-lmdb writes celebA/*.lmdb '
+                        '(default: --data-root); train with this as '
+                        '--data-root')
     args = parser.parse_args(argv)
+    if args.to_lmdb:
+        to_lmdb(args.data_root, args.lmdb_root)
+        return
     os.makedirs(args.work_dir, exist_ok=True)
     download_mnist(args.data_root, args.work_dir)
     if os.path.isdir(os.path.join(args.data_root, CELEBA_HQ_DIR)):

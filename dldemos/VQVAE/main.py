@@ -57,8 +57,8 @@ def build_models(cfg):
     vqvae = VQVAE(img_shape[0], cfg['dim'], cfg['n_embedding'])
     gen_model = PixelCNNWithEmbedding(cfg['pixelcnn_n_blocks'],
                                       cfg['pixelcnn_dim'],
-                                      cfg['pixelcnn_linear_dim'], True,
-                                      cfg['n_embedding'])
+                                      cfg['pixelcnn_linear_dim'],
+                                      cfg['pixelcnn_bn'], cfg['n_embedding'])
     return vqvae, gen_model
 
 

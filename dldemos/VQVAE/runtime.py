@@ -116,7 +116,9 @@ def prepare_work_dir(work_dir, cfg, argv):
     """Create the work dir, record the resolved config and command line."""
     try:
         os.makedirs(work_dir, exist_ok=True)
-        probe = os.path.join(work_dir, f'.write_test{os.getpid()}')
+        # pid and rank: ranks on several nodes may share the dir and a pid
+        probe = os.path.join(work_dir,
+                             f'.write_test{os.getpid()}_{get_rank()}')
         with open(probe, 'w'):
             pass
         os.remove(probe)

@@ -1,0 +1,81 @@
+"""What the torchrun launchers (dist_train_vqvae.py, dist_train_pixelcnn.py)
+add around main.py's training loops: the process group, per-rank seeds, one
+download of the data, one-line errors, and teardown on every exit path.
+
+The loops themselves are main.py's: under torchrun they wrap the model in
+DistributedDataParallel, shard the data with a DistributedSampler, report the
+mean loss over every sample of every rank, and write only on global rank 0.
+"""
+import argparse
+import os
+import sys
+
+from dldemos.dist_utils import (barrier, cleanup_distributed, get_world_size,
+                                is_main, setup_distributed)
+from dldemos.VQVAE.checkpoint import CheckpointError
+from dldemos.VQVAE.dataset import get_dataset
+from dldemos.VQVAE.main import NonFiniteLoss
+from dldemos.VQVAE.runtime import (Interrupted, UsageError, add_common_args,
+                                   load_cfg, log, prepare_work_dir,
+                                   seed_everything)
+
+
+def build_parser(description):
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog='Run under torchrun, e.g. `torchrun --nproc_per_node=2 '
+        f'{sys.argv[0]} -c 4`. Each process uses the GPU of its LOCAL_RANK '
+        '(-d is ignored); --device cpu trains on CPUs with gloo.')
+    return add_common_args(parser)
+
+
+def fetch_data_once(cfg, data_root, splits):
+    """Rank 0 opens (and for MNIST downloads) the data while the others wait:
+    N processes downloading into one folder would race. A missing dataset or
+    LMDB is reported once, by rank 0, before any training starts. Then the
+    first process of every other node does the same for its own disk (on a
+    shared filesystem it finds the files there already)."""
+    def fetch():
+        for split in splits:
+            get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
+                        data_root, split, cfg['use_lmdb'])
+
+    if is_main():
+        fetch()
+    barrier()
+    if int(os.environ.get('LOCAL_RANK', 0)) == 0 and not is_main():
+        fetch()
+    barrier()
+
+
+def launch(train, description, argv=None):
+    """Parse main.py's flags, start the process group, call
+    train(cfg, device, args), and tear the group down however it ends."""
+    argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
+    args = build_parser(description).parse_args(argv[1:])
+    code = 0
+    try:
+        if 'RANK' not in os.environ:
+            raise UsageError('not launched by torchrun: run '
+                             f'`torchrun --nproc_per_node=N {argv[0]} ...`')
+        cfg = load_cfg(args)
+        device = setup_distributed('cpu' if args.device == 'cpu' else None)
+        log(f'device: {device} x {get_world_size()} processes')
+        prepare_work_dir(args.work_dir, cfg, argv)
+        seed_everything(args.seed)  # + rank: each rank its own stream
+        train(cfg, device, args)
+    except Interrupted as e:
+        if is_main():
+            print(e, file=sys.stderr)
+        code = 130
+    except (UsageError, CheckpointError, NonFiniteLoss) as e:
+        if args.debug:
+            raise
+        rank = int(os.environ.get('RANK', 0))
+        print(f'error{f" (rank {rank})" if rank else ""}: {e}',
+              file=sys.stderr)
+        code = 2
+    finally:
+        cleanup_distributed()
+    if code:
+        sys.exit(code)
