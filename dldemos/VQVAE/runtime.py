@@ -56,13 +56,19 @@ def parse_value(text, default):
         raise ValueError(f'{text!r} is not a {type(default).__name__}')
     if default is None or value is None:
         return value
-    if isinstance(default, float) and isinstance(value, int):
+    # type(...) is int: a bool is an int to isinstance, and True is no lr
+    if isinstance(default, float) and type(value) is int:
         return float(value)
     if isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
     if type(value) is not type(default):
         raise ValueError(f'{text!r} is a {type(value).__name__}, expected '
                          f'{type(default).__name__}')
+    if isinstance(value, tuple) and default:
+        kinds = {type(v) for v in default}
+        if not all(type(v) in kinds for v in value):
+            raise ValueError(f'{text!r} should hold only '
+                             f'{"/".join(k.__name__ for k in kinds)} values')
     return value
 
 
