@@ -116,6 +116,7 @@ def test_apply_overrides_rejects_unknown_key_listing_valid_keys():
 @pytest.mark.parametrize('option', [
     'n_epochs=five', 'n_epochs=2.5', 'lr=fast', 'amp=maybe',
     'img_shape=3', 'dim=(1,2)', 'batch_size=True', 'n_epochs',
+    'lr=True', 'l_w_commitment=False', 'img_shape=(3,True,32)',
 ])
 def test_apply_overrides_rejects_bad_values(option):
     with pytest.raises(UsageError) as e:

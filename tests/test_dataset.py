@@ -15,6 +15,8 @@ from dldemos.VQVAE import dataset as ds
 from dldemos.VQVAE.dataset import (CelebADataset, get_dataloader, get_dataset,
                                    list_images)
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 
 # ------------------------------------------------------------------ MNIST
 @pytest.mark.parametrize('split,n', [('train', 64), ('test', 32)])
@@ -215,7 +217,8 @@ def test_dataset_script_writes_previews(tiny_data_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, 'dldemos/VQVAE/dataset.py', '--data-root',
          str(tiny_data_root), '--work-dir', str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr
     for name in ('tmp_mnist.jpg', 'tmp_celebahq.jpg'):
         with Image.open(out / name) as img:
