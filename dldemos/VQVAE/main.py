@@ -36,7 +36,7 @@ from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
                                       load_training_state,
                                       save_training_state)
-from dldemos.VQVAE.dataset import get_dataloader
+from dldemos.VQVAE.dataset import DataNotFoundError, get_dataloader
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
@@ -66,13 +66,16 @@ def image_loader(cfg, data_root, batch_size, split='train', subset=None,
                  shuffle=True, seed=0, device=torch.device('cpu'),
                  dist_train=False):
     """(loader, sampler) of the config's images; the sampler has set_epoch."""
-    out = get_dataloader(cfg['dataset_type'], batch_size,
-                         img_shape=tuple(cfg['img_shape'][1:]),
-                         dist_train=dist_train,
-                         num_workers=cfg['num_workers'],
-                         use_lmdb=cfg['use_lmdb'], data_root=data_root,
-                         split=split, subset=subset, shuffle=shuffle,
-                         seed=seed, pin_memory=device.type == 'cuda')
+    try:
+        out = get_dataloader(cfg['dataset_type'], batch_size,
+                             img_shape=tuple(cfg['img_shape'][1:]),
+                             dist_train=dist_train,
+                             num_workers=cfg['num_workers'],
+                             use_lmdb=cfg['use_lmdb'], data_root=data_root,
+                             split=split, subset=subset, shuffle=shuffle,
+                             seed=seed, pin_memory=device.type == 'cuda')
+    except DataNotFoundError as e:
+        raise UsageError(str(e)) from None
     return out if dist_train else (out, out.sampler)
 
 

@@ -87,12 +87,26 @@ def apply_overrides(cfg, options):
     return cfg
 
 
+def check_img_shape(cfg):
+    """The VQ-VAE halves H and W twice and the data has a fixed channel
+    count: anything else fails deep inside training, so say it up front."""
+    shape = cfg['img_shape']
+    channels = 1 if cfg['dataset_type'] == 'MNIST' else 3
+    if len(shape) != 3 or shape[0] != channels or shape[1] % 4 \
+            or shape[2] % 4 or min(shape[1:]) < 4:
+        raise UsageError(f'img_shape {tuple(shape)} does not fit: use '
+                         f'({channels}, H, W) for {cfg["dataset_type"]} '
+                         'with H and W multiples of 4')
+
+
 def load_cfg(args):
     try:
         cfg = get_cfg(args.c)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return apply_overrides(cfg, args.cfg_options)
+    cfg = apply_overrides(cfg, args.cfg_options)
+    check_img_shape(cfg)
+    return cfg
 
 
 def pick_device(args):
