@@ -55,6 +55,29 @@ def test_unknown_dataset_type_and_split(tiny_data_root):
         get_dataset('CelebA', data_root=str(tiny_data_root), split='val')
 
 
+def test_missing_mnist_without_download_says_where(tmp_path):
+    with pytest.raises(ds.DataNotFoundError, match='--data-root'):
+        get_dataset('MNIST', data_root=str(tmp_path), download=False)
+
+
+def test_failed_mnist_download_is_one_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise RuntimeError('Error downloading x.gz:\nTried http://a, got:\n'
+                           '<urlopen error>')
+    monkeypatch.setattr(ds.torchvision.datasets, 'MNIST', offline)
+    with pytest.raises(ds.DataNotFoundError) as e:
+        get_dataset('MNIST', data_root=str(tmp_path))
+    assert '\n' not in str(e.value) and 'x.gz' in str(e.value)
+
+
+def test_missing_or_empty_folder_says_where(tmp_path):
+    with pytest.raises(ds.DataNotFoundError, match='--data-root'):
+        CelebADataset(str(tmp_path / 'nothing'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ds.DataNotFoundError, match='no images'):
+        CelebADataset(str(tmp_path / 'empty'))
+
+
 def test_real_mnist_sizes(shared_data):
     train = get_dataset('MNIST', data_root=str(shared_data), download=False)
     test = get_dataset('MNIST', data_root=str(shared_data), split='test',

@@ -201,6 +201,38 @@ def test_usage_errors_exit_2_with_one_line(tiny_data_root, tmp_path, capsys,
     assert not (tmp_path / 'model_mnist_quick.pth').exists()
 
 
+@pytest.mark.parametrize('options', [
+    ['img_shape=(1,30,30)'],    # not a multiple of 4: decoder gives 28x28
+    ['img_shape=(3,28,28)'],    # MNIST has one channel
+    ['img_shape=(28,28)'],      # not (C, H, W)
+])
+def test_bad_img_shape_exits_2(tiny_data_root, tmp_path, capsys, options):
+    code, err = usage_error(capsys, tiny_data_root, tmp_path, 5,
+                            MNIST_TINY + options, stages='1')
+    assert code == 2 and len(err.splitlines()) == 1
+    assert 'img_shape' in err
+
+
+def test_bad_celebahq_channels_exit_2(tiny_data_root, tmp_path, capsys):
+    code, err = usage_error(capsys, tiny_data_root, tmp_path, 4,
+                            CELEBAHQ_TINY + ['img_shape=(1,64,64)'],
+                            stages='1')
+    assert code == 2 and 'img_shape' in err
+
+
+@pytest.mark.parametrize('make', ['missing', 'empty'])
+def test_missing_image_folder_exits_2(tmp_path, capsys, make):
+    data_root = tmp_path / 'data'
+    folder = data_root / 'celebA' / 'celeba_hq_256'
+    if make == 'empty':
+        folder.mkdir(parents=True)
+        (folder / 'README.txt').write_text('no images here')
+    code, err = usage_error(capsys, data_root, tmp_path / 'work', 4,
+                            CELEBAHQ_TINY, stages='1')
+    assert code == 2 and len(err.splitlines()) == 1
+    assert 'celeba_hq_256' in err and '--data-root' in err
+
+
 def test_unknown_config_id_exits_2(tiny_data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         vq_main.main(['-c', '9', '--work-dir', str(tmp_path)])
