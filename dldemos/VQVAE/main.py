@@ -34,7 +34,7 @@ from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main, unwrap)
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
-                                      load_training_state,
+                                      load_training_state, resume_path,
                                       save_training_state)
 from dldemos.VQVAE.dataset import DataNotFoundError, get_dataloader
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
@@ -446,7 +446,12 @@ def run(args, argv):
     # 3. Train the generative model (Gated PixelCNN)
     if 3 in stages:
         load_vqvae_for(3, vqvae, vqvae_path)
-        train_generative_model(vqvae, gen_model, cfg, device, **common)
+        stage3 = dict(common)
+        if args.resume and 1 in stages and \
+                not os.path.isfile(resume_path(gen_path)):
+            # stopped in stage 1, so stage 3 never started: start it now
+            stage3['resume'] = False
+        train_generative_model(vqvae, gen_model, cfg, device, **stage3)
 
     # 4. Sample
     if 4 in stages:
