@@ -265,6 +265,58 @@ def test_other_seed_gives_other_checkpoint(mnist_run, tiny_data_root,
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+# 4 batches per epoch, 2 epochs per stage: stops land mid-epoch
+RESUME_OPTS = MNIST_TINY + ['batch_size=16', 'batch_size_2=16',
+                            'n_epochs_2=2']
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_run(tiny_data_root, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('uninterrupted')
+    run_main(tiny_data_root, work_dir, 5, RESUME_OPTS)
+    return work_dir
+
+
+@pytest.mark.parametrize('stop_at', [2, 5, 11])  # 1-8: stage 1, 9-16: 3
+def test_stop_and_resume_equals_uninterrupted(uninterrupted_run,
+                                              tiny_data_root, tmp_path,
+                                              monkeypatch, stop_at):
+    calls = []
+
+    def stop_once(stop, device):  # as if SIGINT arrived during batch stop_at
+        calls.append(1)
+        return len(calls) == stop_at
+    monkeypatch.setattr(vq_main, 'stop_requested', stop_once)
+    with pytest.raises(SystemExit) as e:
+        run_main(tiny_data_root, tmp_path, 5, RESUME_OPTS)
+    assert e.value.code == 130
+    # the message says to rerun with --resume: that finishes every stage
+    monkeypatch.undo()
+    run_main(tiny_data_root, tmp_path, 5, RESUME_OPTS, extra=['--resume'])
+    cfg = resolved_cfg(5, RESUME_OPTS)
+    for key in ('vqvae_path', 'gen_model_path'):
+        a = load_state(uninterrupted_run / cfg[key])
+        b = load_state(tmp_path / cfg[key])
+        for k in a:
+            assert torch.equal(a[k], b[k]), (key, k)
+    for log in ('log_vqvae.jsonl', 'log_pixelcnn.jsonl'):
+        ref = read_jsonl(uninterrupted_run / log)
+        got = read_jsonl(tmp_path / log)
+        assert [r['epoch'] for r in got] == [r['epoch'] for r in ref]
+        for r, g in zip(ref, got):
+            assert g['loss'] == pytest.approx(r['loss'], rel=1e-6)
+
+
+def test_resume_without_resume_point_exits_2(tiny_data_root, tmp_path,
+                                             capsys):
+    code, err = usage_error(capsys, tiny_data_root, tmp_path, 5,
+                            MNIST_TINY, stages='3', extra=['--resume'])
+    assert code == 2  # no VQ-VAE checkpoint
+    code, err = usage_error(capsys, tiny_data_root, tmp_path, 5,
+                            MNIST_TINY, stages='1', extra=['--resume'])
+    assert code == 2 and 'without --resume' in err
+
+
 @pytest.mark.slow
 def test_real_mnist_subset(shared_data, tmp_path):
     options = ['train_subset=512', 'eval_subset=128', 'n_sample=4',
