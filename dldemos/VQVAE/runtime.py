@@ -99,12 +99,39 @@ def check_img_shape(cfg):
                          'with H and W multiples of 4')
 
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_ranges(cfg):
+    """Values of the right type but out of range (batch_size=0,
+    save_every=0, lr=None ...) fail deep inside a run: say so up front."""
+    rules = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
+               'pixelcnn_dim', 'pixelcnn_linear_dim', 'n_sample',
+               'save_every'), False, 1),
+             (('n_epochs', 'n_epochs_2', 'pixelcnn_n_blocks'), False, 0),
+             (('train_subset', 'top_k'), True, 1),
+             (('eval_subset',), True, 0)]
+    for keys, none_ok, low in rules:
+        for k in keys:
+            v = cfg[k]
+            if not (v is None and none_ok) and not (_is_int(v) and v >= low):
+                raise UsageError(f'{k}={v!r}: use an integer >= {low}'
+                                 + (' or None' if none_ok else ''))
+    for k in ('lr', 'lr_2', 'temperature'):
+        v = cfg[k]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v > 0):
+            raise UsageError(f'{k}={v!r}: use a number > 0')
+
+
 def load_cfg(args):
     try:
         cfg = get_cfg(args.c)
     except ValueError as e:
         raise UsageError(str(e)) from None
     cfg = apply_overrides(cfg, args.cfg_options)
+    check_ranges(cfg)
     check_img_shape(cfg)
     return cfg
 
