@@ -2,7 +2,8 @@
 import pytest
 
 from dldemos.VQVAE.configs import DEFAULTS, cfgs, get_cfg
-from dldemos.VQVAE.runtime import UsageError, apply_overrides, parse_value
+from dldemos.VQVAE.runtime import (UsageError, apply_overrides, check_ranges,
+                                   parse_value)
 
 # The tutorial's configs (its configs.py; the text states dim, n_embedding,
 # the CelebAHQ shapes and the PixelCNN sizes 15/128/32 and 15/384/256).
@@ -128,3 +129,15 @@ def test_apply_overrides_rejects_bad_values(option):
 def test_parse_value_none_default_accepts_text():
     assert parse_value('abc', None) == 'abc'
     assert parse_value('12', None) == 12
+
+
+@pytest.mark.parametrize('cfg_id', range(len(cfgs)))
+def test_shipped_configs_pass_the_range_checks(cfg_id):
+    check_ranges(get_cfg(cfg_id))
+
+
+@pytest.mark.parametrize('option', ['eval_subset=None', 'eval_subset=0',
+                                    'top_k=1', 'n_epochs_2=0', 'lr=1',
+                                    'pixelcnn_n_blocks=0'])
+def test_range_checks_accept_edge_values(option):
+    check_ranges(apply_overrides(get_cfg(0), [option]))

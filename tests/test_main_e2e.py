@@ -233,6 +233,20 @@ def test_missing_image_folder_exits_2(tmp_path, capsys, make):
     assert 'celeba_hq_256' in err and '--data-root' in err
 
 
+@pytest.mark.parametrize('option', [
+    'save_every=0', 'n_sample=0', 'top_k=0', 'batch_size=0',
+    'batch_size_2=-1', 'dim=None', 'lr=None', 'lr=0', 'temperature=-1',
+    'n_epochs=-1', 'train_subset=0', 'eval_subset=-5', 'n_embedding=0',
+])
+def test_out_of_range_values_exit_2(tiny_data_root, tmp_path, capsys,
+                                    option):
+    code, err = usage_error(capsys, tiny_data_root, tmp_path, 5,
+                            MNIST_TINY + [option], stages='1')
+    assert code == 2 and len(err.splitlines()) == 1
+    assert option.split('=')[0] in err
+    assert not (tmp_path / 'model_mnist_quick.pth').exists()
+
+
 def test_unknown_config_id_exits_2(tiny_data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         vq_main.main(['-c', '9', '--work-dir', str(tmp_path)])
