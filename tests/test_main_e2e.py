@@ -334,12 +334,14 @@ def test_resume_without_resume_point_exits_2(tiny_data_root, tmp_path,
 @pytest.mark.slow
 def test_real_mnist_subset(shared_data, tmp_path):
     options = ['train_subset=512', 'eval_subset=128', 'n_sample=4',
-               'n_epochs=2', 'n_epochs_2=1', 'pixelcnn_n_blocks=2',
+               'n_epochs=2', 'n_epochs_2=1', 'batch_size=64',
+               'batch_size_2=64', 'pixelcnn_n_blocks=2',
                'pixelcnn_dim=16', 'pixelcnn_linear_dim=16', 'num_workers=0']
     cfg = resolved_cfg(5, options)
     run_main(shared_data, tmp_path, 5, options)
     check_full_run(tmp_path, cfg)
     log_v = read_jsonl(tmp_path / 'log_vqvae.jsonl')
-    # learning happens: the second epoch's loss is below the first's
-    assert log_v[1]['loss'] < log_v[0]['loss']
+    # learning happens: reconstruction improves from epoch to epoch (the
+    # total loss need not: the codebook terms grow while ze spreads out)
+    assert log_v[1]['reconstruct'] < log_v[0]['reconstruct']
     assert log_v[1]['test_mse'] < log_v[0]['test_mse']
