@@ -63,6 +63,17 @@ def make_face_folder(folder, n=20, size=(178, 218), seed=0):
     return folder
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread for modules of tiny models: a second thread buys
+    them nothing, and when the cores are shared the threads' spin-waits make
+    them 10-40x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='session')
 def tiny_data_root(tmp_path_factory):
     """A data root with tiny MNIST, CelebA and CelebAHQ stand-ins."""

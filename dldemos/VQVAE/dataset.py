@@ -33,6 +33,10 @@ HELD_OUT_FRACTION = 0.1
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 
 
+class DataNotFoundError(FileNotFoundError):
+    """The data is not under the data root (a one-line message)."""
+
+
 class MNISTImageDataset(Dataset):
 
     def __init__(self, img_shape=(28, 28), root=os.path.join(DATA_ROOT,
@@ -40,8 +44,15 @@ class MNISTImageDataset(Dataset):
                  train=True, download=True):
         super().__init__()
         self.img_shape = tuple(img_shape)
-        self.mnist = torchvision.datasets.MNIST(root=root, train=train,
-                                                download=download)
+        try:
+            self.mnist = torchvision.datasets.MNIST(root=root, train=train,
+                                                    download=download)
+        except RuntimeError as e:  # not there, and no download (offline)
+            why = (str(e).splitlines() or [''])[0].rstrip(':')
+            raise DataNotFoundError(
+                f'MNIST not found in {root} and not downloaded ({why}): run '
+                'dldemos/VQVAE/dataset.py online, or pass --data-root') \
+                from None
         # At the native size ToTensor() is just uint8 / 255: doing it once for
         # the whole set keeps __getitem__ an index, so no workers are needed.
         if self.img_shape == (28, 28):
@@ -94,7 +105,14 @@ class CelebADataset(Dataset):
         super().__init__()
         self.root = root
         self.img_shape = tuple(img_shape)
-        self.filenames = split_files(list_images(root), split)
+        if not os.path.isdir(root):
+            raise DataNotFoundError(f'image folder {root} not found: put '
+                                    'the images there or pass --data-root')
+        filenames = list_images(root)
+        if not filenames:
+            raise DataNotFoundError(f'no images in {root}: put the images '
+                                    'there or pass --data-root')
+        self.filenames = split_files(filenames, split)
         self.pipeline = celeba_transform(self.img_shape)
 
     def __len__(self) -> int:

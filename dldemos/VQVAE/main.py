@@ -34,9 +34,9 @@ from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main, unwrap)
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
-                                      load_training_state,
+                                      load_training_state, resume_path,
                                       save_training_state)
-from dldemos.VQVAE.dataset import get_dataloader
+from dldemos.VQVAE.dataset import DataNotFoundError, get_dataloader
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
@@ -66,13 +66,16 @@ def image_loader(cfg, data_root, batch_size, split='train', subset=None,
                  shuffle=True, seed=0, device=torch.device('cpu'),
                  dist_train=False):
     """(loader, sampler) of the config's images; the sampler has set_epoch."""
-    out = get_dataloader(cfg['dataset_type'], batch_size,
-                         img_shape=tuple(cfg['img_shape'][1:]),
-                         dist_train=dist_train,
-                         num_workers=cfg['num_workers'],
-                         use_lmdb=cfg['use_lmdb'], data_root=data_root,
-                         split=split, subset=subset, shuffle=shuffle,
-                         seed=seed, pin_memory=device.type == 'cuda')
+    try:
+        out = get_dataloader(cfg['dataset_type'], batch_size,
+                             img_shape=tuple(cfg['img_shape'][1:]),
+                             dist_train=dist_train,
+                             num_workers=cfg['num_workers'],
+                             use_lmdb=cfg['use_lmdb'], data_root=data_root,
+                             split=split, subset=subset, shuffle=shuffle,
+                             seed=seed, pin_memory=device.type == 'cuda')
+    except DataNotFoundError as e:
+        raise UsageError(str(e)) from None
     return out if dist_train else (out, out.sampler)
 
 
@@ -443,7 +446,12 @@ def run(args, argv):
     # 3. Train the generative model (Gated PixelCNN)
     if 3 in stages:
         load_vqvae_for(3, vqvae, vqvae_path)
-        train_generative_model(vqvae, gen_model, cfg, device, **common)
+        stage3 = dict(common)
+        if args.resume and 1 in stages and \
+                not os.path.isfile(resume_path(gen_path)):
+            # stopped in stage 1, so stage 3 never started: start it now
+            stage3['resume'] = False
+        train_generative_model(vqvae, gen_model, cfg, device, **stage3)
 
     # 4. Sample
     if 4 in stages:

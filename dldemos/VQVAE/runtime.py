@@ -56,13 +56,19 @@ def parse_value(text, default):
         raise ValueError(f'{text!r} is not a {type(default).__name__}')
     if default is None or value is None:
         return value
-    if isinstance(default, float) and isinstance(value, int):
+    # type(...) is int: a bool is an int to isinstance, and True is no lr
+    if isinstance(default, float) and type(value) is int:
         return float(value)
     if isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
     if type(value) is not type(default):
         raise ValueError(f'{text!r} is a {type(value).__name__}, expected '
                          f'{type(default).__name__}')
+    if isinstance(value, tuple) and default:
+        kinds = {type(v) for v in default}
+        if not all(type(v) in kinds for v in value):
+            raise ValueError(f'{text!r} should hold only '
+                             f'{"/".join(k.__name__ for k in kinds)} values')
     return value
 
 
@@ -81,12 +87,53 @@ def apply_overrides(cfg, options):
     return cfg
 
 
+def check_img_shape(cfg):
+    """The VQ-VAE halves H and W twice and the data has a fixed channel
+    count: anything else fails deep inside training, so say it up front."""
+    shape = cfg['img_shape']
+    channels = 1 if cfg['dataset_type'] == 'MNIST' else 3
+    if len(shape) != 3 or shape[0] != channels or shape[1] % 4 \
+            or shape[2] % 4 or min(shape[1:]) < 4:
+        raise UsageError(f'img_shape {tuple(shape)} does not fit: use '
+                         f'({channels}, H, W) for {cfg["dataset_type"]} '
+                         'with H and W multiples of 4')
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_ranges(cfg):
+    """Values of the right type but out of range (batch_size=0,
+    save_every=0, lr=None ...) fail deep inside a run: say so up front."""
+    rules = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
+               'pixelcnn_dim', 'pixelcnn_linear_dim', 'n_sample',
+               'save_every'), False, 1),
+             (('n_epochs', 'n_epochs_2', 'pixelcnn_n_blocks'), False, 0),
+             (('train_subset', 'top_k'), True, 1),
+             (('eval_subset',), True, 0)]
+    for keys, none_ok, low in rules:
+        for k in keys:
+            v = cfg[k]
+            if not (v is None and none_ok) and not (_is_int(v) and v >= low):
+                raise UsageError(f'{k}={v!r}: use an integer >= {low}'
+                                 + (' or None' if none_ok else ''))
+    for k in ('lr', 'lr_2', 'temperature'):
+        v = cfg[k]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v > 0):
+            raise UsageError(f'{k}={v!r}: use a number > 0')
+
+
 def load_cfg(args):
     try:
         cfg = get_cfg(args.c)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return apply_overrides(cfg, args.cfg_options)
+    cfg = apply_overrides(cfg, args.cfg_options)
+    check_ranges(cfg)
+    check_img_shape(cfg)
+    return cfg
 
 
 def pick_device(args):

@@ -1,0 +1,175 @@
+"""Gated PixelCNN: masked convolutions and autoregressive causality."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dldemos.pixelcnn.model import (GatedPixelCNN, HorizontalMaskConv2d,
+                                    VerticalMaskConv2d)
+from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def make_conv(kind, c_in, c_out, k):
+    if kind == 'vertical':
+        return VerticalMaskConv2d(c_in, c_out, k, 1, k // 2)
+    return HorizontalMaskConv2d(kind, c_in, c_out, k, 1, k // 2)
+
+
+KINDS = ['A', 'B', 'vertical']
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('c_in,c_out', [(1, 2), (3, 8), (16, 5)])
+@pytest.mark.parametrize('k', [3, 5])
+def test_sliced_taps_equal_masked_conv(kind, c_in, c_out, k):
+    torch.manual_seed(c_in * 10 + c_out)
+    conv = make_conv(kind, c_in, c_out, k)
+    x = torch.randn(2, c_in, 7, 6)
+    masked = conv.conv.weight * conv.mask
+    expected = F.conv2d(x, masked, conv.conv.bias, padding=k // 2)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_mask_is_the_tutorials(kind):
+    conv = make_conv(kind, 2, 2, 3)
+    expected = {
+        'vertical': [[1, 1, 1], [1, 1, 1], [0, 0, 0]],
+        'A': [[0, 0, 0], [1, 0, 0], [0, 0, 0]],
+        'B': [[0, 0, 0], [1, 1, 0], [0, 0, 0]],
+    }[kind]
+    assert conv.mask.shape == (1, 1, 3, 3)
+    assert conv.mask[0, 0].tolist() == expected
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_masked_taps_get_no_gradient(kind):
+    torch.manual_seed(0)
+    conv = make_conv(kind, 3, 4, 3)
+    conv(torch.randn(2, 3, 5, 5)).square().sum().backward()
+    grad = conv.conv.weight.grad
+    assert (grad * (1 - conv.mask) == 0).all()
+    assert (grad * conv.mask).abs().sum() > 0
+
+
+@pytest.mark.parametrize('bad', [dict(stride=2, padding=1),
+                                 dict(padding=0),
+                                 dict(kernel_size=4, padding=2),
+                                 dict(dilation=2, padding=1)])
+def test_masked_conv_rejects_non_same_geometry(bad):
+    kwargs = dict(kernel_size=3, stride=1, padding=1)
+    kwargs.update(bad)
+    with pytest.raises(ValueError):
+        VerticalMaskConv2d(2, 2, **kwargs)
+    with pytest.raises(ValueError):
+        HorizontalMaskConv2d('B', 2, 2, **kwargs)
+
+
+def small_prior(n_blocks=2, p=8, linear_dim=8, K=6, seed=0, embed=True):
+    torch.manual_seed(seed)
+    if embed:
+        model = PixelCNNWithEmbedding(n_blocks, p, linear_dim, True, K)
+    else:
+        model = GatedPixelCNN(n_blocks, p, linear_dim, True, K)
+    # non-trivial batch-norm statistics and affine parameters
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+def test_state_dict_keeps_3x3_weights_and_no_masks():
+    model = small_prior(n_blocks=2, p=8)
+    state = model.state_dict()
+    assert not any('mask' in k for k in state)
+    conv_keys = [k for k in state if k.endswith(('v_conv.conv.weight',
+                                                 'h_conv.conv.weight'))]
+    assert len(conv_keys) == 2 * 3  # block1 + 2 blocks, v and h each
+    for k in conv_keys:
+        assert state[k].shape[-2:] == (3, 3), k
+    # masks are buffers (they follow .to()) but not persistent
+    assert any(name.endswith('mask') for name, _ in model.named_buffers())
+
+
+@pytest.mark.parametrize('embed', [True, False])
+def test_forward_and_training_step_never_edit_weights_in_place(embed):
+    model = small_prior(embed=embed).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()
+              if 'running' not in k and 'num_batches' not in k}
+    if embed:
+        x = torch.randint(0, 6, (3, 5, 6))
+    else:
+        x = torch.rand(3, 1, 5, 6)
+    out = model(x)
+    model.eval()(x)
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    # masked-out taps: no gradient, so an optimizer step leaves them alone
+    out.square().mean().backward()
+    for m in model.modules():
+        if isinstance(m, (VerticalMaskConv2d, HorizontalMaskConv2d)):
+            assert (m.conv.weight.grad * (1 - m.mask) == 0).all()
+
+
+def raster_dependencies(model, x_base, perturb):
+    """changed[p, q]: do the logits at position q change when the input at
+    position p changes?  All H * W perturbations run as one batch."""
+    H, W = x_base.shape[-2:]
+    n = H * W
+    xs = x_base.unsqueeze(0).repeat(n + 1, *[1] * x_base.dim())
+    for pos in range(n):
+        i, j = divmod(pos, W)
+        perturb(xs[pos + 1], i, j)
+    with torch.no_grad():
+        logits = model(xs)  # [n + 1, K, H, W]
+    diff = (logits[1:] - logits[:1]).abs().amax(1)  # [n, H, W]
+    return diff.reshape(n, n)
+
+
+@pytest.mark.parametrize('embed', [True, False])
+@pytest.mark.parametrize('H,W', [(5, 6), (4, 3)])
+def test_pixelcnn_is_causal_in_raster_order(embed, H, W):
+    K = 6
+    model = small_prior(n_blocks=2, p=8, linear_dim=8, K=K, embed=embed)
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(H * W)
+    if embed:
+        x = torch.randint(0, K, (H, W), generator=g)
+
+        def perturb(x, i, j):
+            x[i, j] = (x[i, j] + 1) % K
+    else:
+        x = torch.rand(1, H, W, generator=g, dtype=torch.float64)
+
+        def perturb(x, i, j):
+            x[0, i, j] = x[0, i, j] + 1.0
+    diff = raster_dependencies(model, x, perturb)  # [p, q]
+    n = H * W
+    p_idx = torch.arange(n).unsqueeze(1)
+    q_idx = torch.arange(n).unsqueeze(0)
+    # p at q or after it: no influence at all (float64, exact zeros)
+    assert diff[p_idx >= q_idx].max() == 0
+    # some earlier position always matters, and the nearest neighbours do
+    for q in range(1, n):
+        assert diff[:q, q].max() > 1e-8, f'position {q} sees nothing'
+    for i in range(H):
+        for j in range(W):
+            q = i * W + j
+            neighbours = [(i, j - 1), (i - 1, j - 1), (i - 1, j),
+                          (i - 1, j + 1)]  # left, and the three above
+            for a, b in neighbours:
+                if 0 <= a < H and 0 <= b < W:
+                    assert diff[a * W + b, q] > 1e-8, ((a, b), (i, j))
+
+
+def test_output_shape_and_classes():
+    model = small_prior(n_blocks=1, p=4, linear_dim=4, K=7).eval()
+    x = torch.randint(0, 7, (2, 3, 5))
+    assert model(x).shape == (2, 7, 3, 5)
