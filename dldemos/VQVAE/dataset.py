@@ -10,6 +10,10 @@ official split, so the last 10% of files by sorted name are held out as
 """
 import argparse
 import os
+import sys
+
+if __name__ == '__main__':  # run as a script: make `dldemos` importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import einops
 import torch
@@ -18,6 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
+from dldemos.VQVAE.runtime import UsageError
+
 DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
 CELEBA_DIR = 'celebA/img_align_celeba'
@@ -25,6 +31,41 @@ CELEBA_HQ_DIR = 'celebA/celeba_hq_256'
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 HELD_OUT_FRACTION = 0.1
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
+DOWNLOAD_HINTS = {
+    'CelebAHQ': 'download the archive from https://www.kaggle.com/datasets/'
+    'badasstechie/celebahq-resized-256x256 and unpack its images',
+    'CelebA': 'download img_align_celeba.zip from '
+    'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and unpack its images',
+}
+
+
+class DataError(UsageError):
+    """The dataset is missing, empty or unreadable (one-line error)."""
+
+
+def warn(msg):
+    print(f'warning: {msg}', file=sys.stderr, flush=True)
+
+
+def load_mnist(root, train, download):
+    """torchvision's MNIST, or a DataError saying how to get the files."""
+    try:
+        return torchvision.datasets.MNIST(root=root, train=train,
+                                          download=download)
+    except (RuntimeError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
+            else type(e).__name__
+        raw = os.path.join(root, 'MNIST', 'raw')
+        if os.path.isfile(os.path.join(raw, 't10k-labels-idx1-ubyte')):
+            raise DataError(f'MNIST files in {raw} could not be read '
+                            f'({reason}): delete them to download them again'
+                            ) from None
+        raise DataError(
+            f'MNIST not found in {raw} and could not be downloaded '
+            f'({reason}): run once with internet access, or copy '
+            'train-images-idx3-ubyte, train-labels-idx1-ubyte, '
+            't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (or '
+            'pass --data-root)') from None
 
 
 class MNISTImageDataset(Dataset):
@@ -34,8 +75,7 @@ class MNISTImageDataset(Dataset):
                  train=True, download=True):
         super().__init__()
         self.img_shape = tuple(img_shape)
-        self.mnist = torchvision.datasets.MNIST(root=root, train=train,
-                                                download=download)
+        self.mnist = load_mnist(root, train, download)
         # At the native size ToTensor() is just uint8 / 255: doing it once for
         # the whole set keeps __getitem__ an index, so no workers are needed.
         if self.img_shape == (28, 28):
@@ -62,6 +102,51 @@ def list_images(root):
                   and os.path.isfile(os.path.join(root, f)))
 
 
+_readable = {}  # (folder, names) -> readable names: checked once a process
+
+
+def readable_images(root, dataset_type='CelebAHQ'):
+    """Sorted names of the images in `root` that PIL can open.
+
+    Unreadable files (empty, partial downloads, macOS `._*` files) are left
+    out with a warning naming them; a missing or empty folder, or one where
+    no image can be read, is a DataError saying what to do.
+    """
+    hint = DOWNLOAD_HINTS.get(dataset_type, 'put the images')
+    if not os.path.isdir(root):
+        raise DataError(f'{dataset_type} images not found: {root} does not '
+                        f'exist; {hint} into it (or pass --data-root)')
+    names = list_images(root)
+    if not names:
+        subdirs = sorted(d for d in os.listdir(root)
+                         if os.path.isdir(os.path.join(root, d)))
+        nested = f' (it has the subfolder {subdirs[0]}: move the images ' \
+            'up into the folder itself)' if subdirs else ''
+        raise DataError(f'{root} holds no image files ('
+                        f'{", ".join(IMG_EXTENSIONS)}){nested}; {hint} '
+                        'into it')
+    key = (os.path.abspath(root), tuple(names))
+    if key not in _readable:
+        bad = []
+        for name in names:
+            try:
+                with Image.open(os.path.join(root, name)) as img:
+                    img.size  # reads the header only
+            except Exception as e:  # PIL raises many kinds on bad files
+                bad.append((name, type(e).__name__))
+        shown = ', '.join(f'{n} ({why})' for n, why in bad[:5])
+        if len(bad) == len(names):
+            raise DataError(f'none of the {len(names)} image files in {root} '
+                            f'can be read (e.g. {shown}); {hint} again')
+        if bad:
+            more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+            warn(f'skipping {len(bad)} unreadable image file(s) in {root}: '
+                 f'{shown}{more}')
+        bad_names = {n for n, _ in bad}
+        _readable[key] = [n for n in names if n not in bad_names]
+    return list(_readable[key])
+
+
 def split_files(filenames, split):
     n_test = max(1, int(round(len(filenames) * HELD_OUT_FRACTION)))
     if split == 'train':
@@ -84,20 +169,35 @@ def celeba_transform(img_shape):
 
 class CelebADataset(Dataset):
 
-    def __init__(self, root, img_shape=(64, 64), split='all'):
+    def __init__(self, root, img_shape=(64, 64), split='all',
+                 dataset_type='CelebAHQ'):
         super().__init__()
         self.root = root
         self.img_shape = tuple(img_shape)
-        self.filenames = split_files(list_images(root), split)
+        self.filenames = split_files(readable_images(root, dataset_type),
+                                     split)
         self.pipeline = celeba_transform(self.img_shape)
+        self.warned = set()
 
     def __len__(self) -> int:
         return len(self.filenames)
 
     def __getitem__(self, index: int):
-        path = os.path.join(self.root, self.filenames[index])
-        with Image.open(path) as img:
-            return self.pipeline(img.convert('RGB'))  # [3, H, W]
+        # A file whose header is fine can still fail to decode (truncated):
+        # warn once and use the next file, so one bad image does not stop a
+        # long run.
+        for i in range(len(self.filenames)):
+            path = os.path.join(self.root,
+                                self.filenames[(index + i) % len(self)])
+            try:
+                with Image.open(path) as img:
+                    return self.pipeline(img.convert('RGB'))  # [3, H, W]
+            except OSError as e:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    warn(f'skipping unreadable image {path} ({e})')
+        raise DataError(f'none of the {len(self)} images in {self.root} can '
+                        'be decoded; download and unpack them again')
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
@@ -119,7 +219,7 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
         return LMDBImageDataset(folder + '.lmdb', split=split,
                                 transform=celeba_transform(
                                     kwargs.get('img_shape', (64, 64))))
-    return CelebADataset(folder, split=split, **kwargs)
+    return CelebADataset(folder, split=split, dataset_type=type, **kwargs)
 
 
 def get_dataloader(type,

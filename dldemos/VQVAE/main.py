@@ -21,9 +21,6 @@ import sys
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-import cv2
-import einops
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -34,16 +31,20 @@ from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main, unwrap)
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
-                                      load_training_state,
-                                      save_training_state)
-from dldemos.VQVAE.dataset import get_dataloader
+                                      load_training_state, resume_path,
+                                      rng_state, save_training_state)
+from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
+from dldemos.VQVAE.plots import (plot_losses, preview_path,
+                                 preview_reconstruction, preview_samples,
+                                 save_grid)
 from dldemos.VQVAE.runtime import (Interrupted, StopFlag, UsageError,
                                    add_common_args, append_jsonl, ckpt_path,
                                    load_cfg, log, pick_device,
-                                   prepare_work_dir, seed_everything, timer)
+                                   prepare_work_dir, seed_everything,
+                                   start_jsonl, timer)
 from dldemos.VQVAE.sampling import sample_codes
 
 
@@ -106,26 +107,47 @@ def progress(loader, e, n_epochs, name):
                 disable=not is_main(), dynamic_ncols=True)
 
 
-def check_finite(means, what, path):
-    if not all(math.isfinite(v) for v in means):
+def check_finite(values, what, path):
+    if not all(math.isfinite(v) for v in values):
         raise NonFiniteLoss(
-            f'{what} loss became {means[0]}: training stopped; the last good '
+            f'{what} loss became {values[0]}: training stopped; the last good '
             f'checkpoint {path} is kept. Lower the learning rate (lr) or '
             'turn off amp and run again with --resume')
 
 
-def save_grid(imgs, path, dataset_type):
-    """imgs [N, C, H, W] in [0, 1] -> one square-ish grid image at path."""
-    n = imgs.shape[0]
-    n1 = max(1, int(n**0.5))
-    imgs = imgs[:n1 * (n // n1)]
-    imgs = (imgs.clip(0, 1) * 255).detach().cpu()
-    imgs = einops.rearrange(imgs, '(n1 n2) c h w -> (n1 h) (n2 w) c', n1=n1)
-    imgs = imgs.numpy().astype(np.uint8)
-    if dataset_type == 'CelebA' or dataset_type == 'CelebAHQ':
-        imgs = cv2.cvtColor(imgs, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(path, imgs):
-        raise UsageError(f'could not write {path}: check the work dir')
+def resume_or_start(path, model, optimizer, resume, what):
+    """(epoch, step, sums) to start from. --resume on a stage that never
+    wrote anything starts it from scratch, so `--resume` can rerun all
+    stages of a run that was stopped in stage 1."""
+    if resume and (os.path.exists(resume_path(path)) or
+                   os.path.exists(path)):
+        epoch, step, sums = load_training_state(path, model, optimizer)
+        log(f'resuming {what} at epoch {epoch} step {step}')
+        return epoch, step, sums
+    if resume:
+        log(f'no {what} checkpoint {path} yet: training it from scratch')
+    return 0, 0, []
+
+
+def stop_with_resume_point(path, model, optimizer, cfg, epoch, step, sums,
+                           rng, what):
+    """A signal arrived: save where to go on from, then stop cleanly."""
+    check_finite(sums, what, path)  # never replace good weights by NaNs
+    if is_main():
+        save_training_state(path, model, optimizer, cfg, epoch, step, sums,
+                            rng)
+    barrier()
+    raise Interrupted(f'stopped in {what} epoch {epoch}; resume point saved '
+                      f'in {path}: rerun with --resume to go on')
+
+
+def preview_images(cfg, data_root):
+    """The first few held-out images, read without a DataLoader (which would
+    draw from the global RNG)."""
+    dataset = get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
+                          data_root, 'test', cfg['use_lmdb'])
+    n = min(cfg['n_preview'], len(dataset))
+    return torch.stack([dataset[i] for i in range(n)])  # [n, C, H, W]
 
 
 # ----------------------------------------------------------------- stage 1
@@ -140,21 +162,27 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
     if cfg['eval_subset']:
         heldout, _ = image_loader(cfg, data_root, cfg['batch_size'], 'test',
                                   subset=cfg['eval_subset'], shuffle=False)
+    preview_every = cfg['preview_every'] if cfg['n_preview'] else 0
+    if preview_every and is_main():
+        preview_x = preview_images(cfg, data_root).to(device)
     model = prepare_for_training(vqvae, cfg, device)
     model.train()
     optimizer = torch.optim.Adam(vqvae.parameters(), cfg['lr'])
     mse_loss = nn.MSELoss()
-    start_epoch, start_step, start_sums = 0, 0, []
-    if resume:
-        start_epoch, start_step, start_sums = load_training_state(
-            path, vqvae, optimizer)
-        log(f'resuming VQ-VAE at epoch {start_epoch} step {start_step}')
+    start_epoch, start_step, start_sums = resume_or_start(
+        path, vqvae, optimizer, resume, 'VQ-VAE')
+    log_path = os.path.join(work_dir, 'log_vqvae.jsonl')
+    start_jsonl(log_path, start_epoch)
     n_epochs = cfg['n_epochs']
     tic = timer()
     with StopFlag() as stop:
         for e in range(start_epoch, n_epochs):
             sampler.set_epoch(e)
             skip = start_step if e == start_epoch else 0
+            # a resume point saved mid-epoch restores the RNG as it was here,
+            # so the resumed run draws exactly what this one draws
+            epoch_rng = rng_state()
+            epoch_tic, n_seen = timer(), 0
             # sum over samples of: loss, reconstruction, embedding,
             # commitment, and the sample count
             sums = torch.zeros(5, device=device)
@@ -181,17 +209,20 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                                      l_embedding.detach(),
                                      l_commitment.detach(),
                                      loss.new_tensor(1.0)]) * n
+                n_seen += n
                 if is_main() and step % 20 == 0:
-                    bar.set_postfix(rec=f'{l_reconstruct.item():.4f}',
-                                    emb=f'{l_embedding.item():.4f}',
-                                    com=f'{l_commitment.item():.4f}')
+                    # distinct codes in this batch: few means a dying codebook
+                    codes = vqvae.quantize(ze.detach()).unique().numel()
+                    bar.set_postfix(
+                        rec=f'{l_reconstruct.item():.4f}',
+                        emb=f'{l_embedding.item():.4f}',
+                        com=f'{l_commitment.item():.4f}',
+                        codes=f'{codes}/{cfg["n_embedding"]}',
+                        img_s=f'{n_seen / (timer() - epoch_tic):.0f}')
                 if stop_requested(stop, device):
-                    if is_main():
-                        save_training_state(path, vqvae, optimizer, cfg, e,
-                                            step + 1, sums.tolist())
-                    barrier()
-                    raise Interrupted(f'stopped in VQ-VAE epoch {e}; resume '
-                                      'point saved: rerun with --resume')
+                    stop_with_resume_point(path, vqvae, optimizer, cfg, e,
+                                           step + 1, sums.tolist(),
+                                           epoch_rng, 'VQ-VAE')
             # the true mean over every sample on every rank
             totals = all_reduce_sum(sums)
             means = (totals[:4] / totals[4]).tolist()
@@ -199,8 +230,8 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
             toc = timer()
             record = {'epoch': e, 'loss': means[0], 'reconstruct': means[1],
                       'embedding': means[2], 'commitment': means[3],
-                      'images_per_s': float(totals[4]) / max(toc - tic, 1e-9)
-                      if e == start_epoch else None,
+                      'images_per_s': get_world_size() * n_seen /
+                      max(toc - epoch_tic, 1e-9),
                       'elapsed_s': toc - tic}
             if is_main():
                 if heldout is not None:
@@ -209,15 +240,23 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                                   test_codes_used=m['codes_used'])
                 if (e + 1) % cfg['save_every'] == 0 or e + 1 == n_epochs:
                     save_training_state(path, vqvae, optimizer, cfg, e + 1)
-                append_jsonl(os.path.join(work_dir, 'log_vqvae.jsonl'),
-                             record)
+                append_jsonl(log_path, record)
                 print(f'epoch {e} loss: {means[0]} elapsed {(toc - tic):.2f}s'
                       + ('' if heldout is None else
                          f' | test mse {record["test_mse"]:.5f} psnr '
                          f'{record["test_psnr"]:.2f} dB codes used '
                          f'{record["test_codes_used"]}/{cfg["n_embedding"]}'),
                       flush=True)
+                plot_losses(work_dir)
+                if preview_every and (e + 1) % preview_every == 0:
+                    preview_reconstruction(
+                        vqvae, preview_x,
+                        preview_path(work_dir, 'vqvae_reconstruct', e + 1),
+                        cfg['dataset_type'])
             barrier()
+            if stop_requested(stop, device):  # arrived during eval or save
+                stop_with_resume_point(path, vqvae, optimizer, cfg, e + 1, 0,
+                                       [], None, 'VQ-VAE')
     log('Done')
 
 
@@ -289,17 +328,19 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
     model.train()
     optimizer = torch.optim.Adam(gen_model.parameters(), cfg['lr_2'])
     loss_fn = nn.CrossEntropyLoss()
-    start_epoch, start_step, start_sums = 0, 0, []
-    if resume:
-        start_epoch, start_step, start_sums = load_training_state(
-            path, gen_model, optimizer)
-        log(f'resuming PixelCNN at epoch {start_epoch} step {start_step}')
+    start_epoch, start_step, start_sums = resume_or_start(
+        path, gen_model, optimizer, resume, 'PixelCNN')
+    log_path = os.path.join(work_dir, 'log_pixelcnn.jsonl')
+    start_jsonl(log_path, start_epoch)
+    preview_every = cfg['preview_every'] if cfg['n_preview'] else 0
     n_epochs = cfg['n_epochs_2']
     tic = timer()
     with StopFlag() as stop:
         for e in range(start_epoch, n_epochs):
             sampler.set_epoch(e)
             skip = start_step if e == start_epoch else 0
+            epoch_rng = rng_state()  # see train_vqvae
+            epoch_tic, n_seen = timer(), 0
             sums = torch.zeros(2, device=device)  # loss sum, sample count
             if skip:
                 sums += torch.tensor(start_sums, device=device)
@@ -320,20 +361,23 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                 optimizer.step()
                 n = x.shape[0]
                 sums += torch.stack([loss.detach(), loss.new_tensor(1.0)]) * n
+                n_seen += n
                 if is_main() and step % 20 == 0:
-                    bar.set_postfix(ce=f'{loss.item():.4f}')
+                    bar.set_postfix(
+                        ce=f'{loss.item():.4f}',
+                        img_s=f'{n_seen / (timer() - epoch_tic):.0f}')
                 if stop_requested(stop, device):
-                    if is_main():
-                        save_training_state(path, gen_model, optimizer, cfg,
-                                            e, step + 1, sums.tolist())
-                    barrier()
-                    raise Interrupted(f'stopped in PixelCNN epoch {e}; resume'
-                                      ' point saved: rerun with --resume')
+                    stop_with_resume_point(path, gen_model, optimizer, cfg, e,
+                                           step + 1, sums.tolist(),
+                                           epoch_rng, 'PixelCNN')
             totals = all_reduce_sum(sums)
             mean = float(totals[0] / totals[1])
             check_finite([mean], 'PixelCNN', path)
             toc = timer()
-            record = {'epoch': e, 'loss': mean, 'elapsed_s': toc - tic}
+            record = {'epoch': e, 'loss': mean,
+                      'images_per_s': get_world_size() * n_seen /
+                      max(toc - epoch_tic, 1e-9),
+                      'elapsed_s': toc - tic}
             if is_main():
                 if heldout is not None:
                     nll = prior_nll(gen_model, (b[0] for b in heldout),
@@ -341,14 +385,22 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                     record.update(test_nll=nll)
                 if (e + 1) % cfg['save_every'] == 0 or e + 1 == n_epochs:
                     save_training_state(path, gen_model, optimizer, cfg, e + 1)
-                append_jsonl(os.path.join(work_dir, 'log_pixelcnn.jsonl'),
-                             record)
+                append_jsonl(log_path, record)
                 print(f'epoch {e} loss: {mean} elapsed {(toc - tic):.2f}s'
                       + ('' if heldout is None else
                          f' | test nll {record["test_nll"]:.4f} nats/latent '
                          f'(uniform {math.log(cfg["n_embedding"]):.4f})'),
                       flush=True)
+                plot_losses(work_dir)
+                if preview_every and (e + 1) % preview_every == 0:
+                    preview_samples(
+                        vqvae, gen_model, cfg,
+                        preview_path(work_dir, 'pixelcnn_sample', e + 1),
+                        seed, device)
             barrier()
+            if stop_requested(stop, device):  # arrived during eval or save
+                stop_with_resume_point(path, gen_model, optimizer, cfg, e + 1,
+                                       0, [], None, 'PixelCNN')
     log('Done')
 
 
@@ -468,6 +520,11 @@ def main(argv=None):
         run(args, argv)
     except Interrupted as e:
         print(e, file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # outside the training loops, or a 2nd Ctrl-C
+        if args.debug:
+            raise
+        print('interrupted', file=sys.stderr)
         sys.exit(130)
     except (UsageError, CheckpointError, NonFiniteLoss) as e:
         if args.debug:
