@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe loading, clear errors, resume points."""
+"""Checkpoint files: atomic writes, safe loading, errors, resume points."""
 import glob
 import os
 import random

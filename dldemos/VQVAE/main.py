@@ -9,9 +9,11 @@ four stages: train VQ-VAE, reconstruct, train PixelCNN, sample).
 
 Outputs go to --work-dir (default work_dirs/): checkpoints, their resume
 points, vqvae_reconstruct_{dataset}.jpg, vqvae_sample_{dataset}.jpg,
-config.json, command.txt and per-epoch logs (log_vqvae.jsonl,
-log_pixelcnn.jsonl). The training loops below are also what the torchrun
-launchers run.
+config.json, command.txt, per-epoch logs (log_vqvae.jsonl,
+log_pixelcnn.jsonl), loss_curves.png and previews/ (grids every
+preview_every epochs). Ctrl-C or SIGTERM saves a resume point and exits with
+code 130; bad input exits with code 2 and one line (--debug: traceback). The
+training loops below are also what the torchrun launchers run.
 """
 import argparse
 import math

@@ -1,7 +1,7 @@
 """Pictures of a run: image grids, the loss curves of the JSONL logs and the
 preview grids written during training so progress can be watched.
 
-    python dldemos/VQVAE/plots.py work_dirs     # redraw work_dirs/loss_curves.png
+    python dldemos/VQVAE/plots.py work_dirs   # redraw its loss_curves.png
 """
 import argparse
 import os

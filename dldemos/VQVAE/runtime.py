@@ -155,7 +155,8 @@ def start_jsonl(path, start_epoch):
     """Keep the records of epochs before start_epoch: a fresh run starts an
     empty log, a resumed one drops the epochs it is about to redo."""
     if is_main():
-        kept = [r for r in read_jsonl(path) if r.get('epoch', -1) < start_epoch]
+        kept = [r for r in read_jsonl(path)
+                if r.get('epoch', -1) < start_epoch]
         with open(path, 'w') as f:
             f.writelines(json.dumps(r) + '\n' for r in kept)
 
