@@ -104,9 +104,23 @@ def stop_requested(stop, device):
     return bool(all_reduce_sum(flag) > 0) if is_dist() else bool(stop)
 
 
-def progress(loader, e, n_epochs, name):
+def progress(loader, e, n_epochs, name, done=0, total=None):
     return tqdm(loader, desc=f'{name} {e + 1}/{n_epochs}', leave=False,
-                disable=not is_main(), dynamic_ncols=True)
+                initial=done, total=total, disable=not is_main(),
+                dynamic_ncols=True)
+
+
+def remaining_batches(loader, sampler, skip):
+    """The batches of this epoch after the first `skip` (a mid-epoch resume):
+    the sampler's order of this epoch, without loading the skipped images."""
+    if not skip:
+        return loader
+    indices = list(sampler)[skip * loader.batch_size:]
+    return DataLoader(loader.dataset, batch_size=loader.batch_size,
+                      sampler=indices, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory,
+                      collate_fn=loader.collate_fn,
+                      drop_last=loader.drop_last)
 
 
 def check_finite(values, what, path):
@@ -190,10 +204,9 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
             sums = torch.zeros(5, device=device)
             if skip:
                 sums += torch.tensor(start_sums, device=device)
-            bar = progress(dataloader, e, n_epochs, 'vqvae')
-            for step, x in enumerate(bar):
-                if step < skip:  # resumed mid-epoch: same order, skip done
-                    continue
+            bar = progress(remaining_batches(dataloader, sampler, skip), e,
+                           n_epochs, 'vqvae', skip, len(dataloader))
+            for step, x in enumerate(bar, start=skip):
                 x = x.to(device, non_blocking=True)
                 with autocast(cfg, device):
                     x_hat, ze, zq = model(x)
@@ -346,10 +359,9 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
             sums = torch.zeros(2, device=device)  # loss sum, sample count
             if skip:
                 sums += torch.tensor(start_sums, device=device)
-            bar = progress(dataloader, e, n_epochs, 'pixelcnn')
-            for step, batch in enumerate(bar):
-                if step < skip:
-                    continue
+            bar = progress(remaining_batches(dataloader, sampler, skip), e,
+                           n_epochs, 'pixelcnn', skip, len(dataloader))
+            for step, batch in enumerate(bar, start=skip):
                 if cfg['use_code_cache']:
                     x = batch[0].to(device, non_blocking=True).long()
                 else:
