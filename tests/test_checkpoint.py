@@ -201,3 +201,22 @@ def test_resume_without_resume_point_or_with_a_plain_file(tmp_path):
     torch.save(model.state_dict(), resume_path(path))
     with pytest.raises(CheckpointError, match='is not a resume point'):
         load_training_state(path, model, opt)
+
+
+@pytest.mark.parametrize('step, key, ok', [
+    (0, 'batch_size', True),   # epoch end: any batch size resumes fine
+    (4, 'lr', True),           # mid-epoch, batches unchanged
+    (4, 'batch_size', False),  # mid-epoch, other batches: refused
+    (4, 'train_subset', False),
+])
+def test_mid_epoch_resume_refuses_changed_batches(tmp_path, step, key, ok):
+    path = str(tmp_path / 'm.pth')
+    cfg = {'batch_size': 16, 'train_subset': None, 'lr': 1e-3}
+    model, opt = make_trained(0)
+    save_training_state(path, model, opt, cfg, epoch=1, step=step)
+    changed = dict(cfg, **{key: 32})
+    if ok:
+        assert load_training_state(path, model, opt, changed)[1] == step
+    else:
+        with pytest.raises(CheckpointError, match=f'{key} .* -> 32'):
+            load_training_state(path, model, opt, changed)

@@ -154,10 +154,28 @@ def load_model(model, path, what='checkpoint'):
 
 
 RESUME_KEYS = ('model', 'optimizer', 'epoch', 'step', 'sums', 'rng')
+# config keys that decide which images each batch of an epoch holds: a
+# mid-epoch resume point is only valid if they are unchanged
+ORDER_KEYS = ('dataset_type', 'batch_size', 'batch_size_2', 'train_subset',
+              'use_code_cache')
 
 
-def load_training_state(ckpt_path, model, optimizer):
-    """Restore model, optimizer and RNG; return (epoch, step, sums)."""
+def check_batch_order(state, cfg, path):
+    saved = state.get('config', {})
+    changed = [f'{k} {saved[k]!r} -> {plain(cfg[k])!r}' for k in ORDER_KEYS
+               if k in saved and k in cfg and saved[k] != plain(cfg[k])]
+    if state['step'] and changed:
+        raise CheckpointError(
+            f'{path} stopped mid-epoch and the batches changed since '
+            f'({", ".join(changed)}): resume with the old values, which '
+            'would otherwise repeat or skip images')
+
+
+def load_training_state(ckpt_path, model, optimizer, cfg=None):
+    """Restore model, optimizer and RNG; return (epoch, step, sums).
+
+    With `cfg`, a mid-epoch resume point whose batches the config changed is
+    refused."""
     path = resume_path(ckpt_path)
     if not os.path.isfile(path):
         raise CheckpointError(
@@ -170,6 +188,8 @@ def load_training_state(ckpt_path, model, optimizer):
                               f'{", ".join(RESUME_KEYS)}); run without '
                               '--resume to start from scratch')
     check_state_dict(model, state['model'], path, 'resume point')
+    if cfg is not None:
+        check_batch_order(state, cfg, path)
     model.load_state_dict(state['model'])
     # the learning rate comes from the config, not the file, so a run that
     # diverged can be resumed with a lower lr

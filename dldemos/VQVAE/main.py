@@ -131,13 +131,13 @@ def check_finite(values, what, path):
             'turn off amp and run again with --resume')
 
 
-def resume_or_start(path, model, optimizer, resume, what):
+def resume_or_start(path, model, optimizer, resume, what, cfg):
     """(epoch, step, sums) to start from. --resume on a stage that never
     wrote anything starts it from scratch, so `--resume` can rerun all
     stages of a run that was stopped in stage 1."""
     if resume and (os.path.exists(resume_path(path)) or
                    os.path.exists(path)):
-        epoch, step, sums = load_training_state(path, model, optimizer)
+        epoch, step, sums = load_training_state(path, model, optimizer, cfg)
         log(f'resuming {what} at epoch {epoch} step {step}')
         return epoch, step, sums
     if resume:
@@ -186,7 +186,7 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
     optimizer = torch.optim.Adam(vqvae.parameters(), cfg['lr'])
     mse_loss = nn.MSELoss()
     start_epoch, start_step, start_sums = resume_or_start(
-        path, vqvae, optimizer, resume, 'VQ-VAE')
+        path, vqvae, optimizer, resume, 'VQ-VAE', cfg)
     log_path = os.path.join(work_dir, 'log_vqvae.jsonl')
     start_jsonl(log_path, start_epoch)
     n_epochs = cfg['n_epochs']
@@ -344,7 +344,7 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
     optimizer = torch.optim.Adam(gen_model.parameters(), cfg['lr_2'])
     loss_fn = nn.CrossEntropyLoss()
     start_epoch, start_step, start_sums = resume_or_start(
-        path, gen_model, optimizer, resume, 'PixelCNN')
+        path, gen_model, optimizer, resume, 'PixelCNN', cfg)
     log_path = os.path.join(work_dir, 'log_pixelcnn.jsonl')
     start_jsonl(log_path, start_epoch)
     preview_every = cfg['preview_every'] if cfg['n_preview'] else 0
