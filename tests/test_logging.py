@@ -96,3 +96,17 @@ def test_logs_survive_a_torn_line_and_repeated_epochs(tmp_path):
     assert [r['epoch'] for r in read_jsonl(path)] == [0, 1, 1]
     start_jsonl(path, 0)  # a fresh run starts an empty log
     assert read_jsonl(path) == []
+
+
+def test_a_failing_plot_does_not_stop_training(tmp_path, monkeypatch,
+                                               capsys):
+    from dldemos.VQVAE import plots
+    append_jsonl(tmp_path / 'log_vqvae.jsonl', {'epoch': 0, 'loss': 1.0})
+
+    def broken(*args, **kwargs):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(plots, 'plot_losses', broken)
+    assert plots.update_loss_plot(tmp_path) is None
+    assert 'could not draw the loss curves (disk full)' in \
+        capsys.readouterr().err

@@ -39,9 +39,9 @@ from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
-from dldemos.VQVAE.plots import (plot_losses, preview_path,
-                                 preview_reconstruction, preview_samples,
-                                 save_grid)
+from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
+                                 preview_samples, save_grid,
+                                 update_loss_plot)
 from dldemos.VQVAE.runtime import (Interrupted, StopFlag, UsageError,
                                    add_common_args, append_jsonl, ckpt_path,
                                    load_cfg, log, pick_device,
@@ -262,7 +262,7 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                          f'{record["test_psnr"]:.2f} dB codes used '
                          f'{record["test_codes_used"]}/{cfg["n_embedding"]}'),
                       flush=True)
-                plot_losses(work_dir)
+                update_loss_plot(work_dir)
                 if preview_every and (e + 1) % preview_every == 0:
                     preview_reconstruction(
                         vqvae, preview_x,
@@ -405,7 +405,7 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                          f' | test nll {record["test_nll"]:.4f} nats/latent '
                          f'(uniform {math.log(cfg["n_embedding"]):.4f})'),
                       flush=True)
-                plot_losses(work_dir)
+                update_loss_plot(work_dir)
                 if preview_every and (e + 1) % preview_every == 0:
                     preview_samples(
                         vqvae, gen_model, cfg,

@@ -95,6 +95,16 @@ def plot_losses(work_dir, out=LOSS_PLOT):
     return path
 
 
+def update_loss_plot(work_dir):
+    """plot_losses for the training loops: a plot that cannot be drawn is a
+    warning, never the end of a long run."""
+    try:
+        return plot_losses(work_dir)
+    except Exception as e:  # matplotlib missing, disk full, ...
+        print(f'warning: could not draw the loss curves ({e})',
+              file=sys.stderr)
+
+
 def preview_path(work_dir, name, epoch):
     folder = os.path.join(work_dir, PREVIEW_DIR)
     os.makedirs(folder, exist_ok=True)
