@@ -1,4 +1,5 @@
 """Datasets and loaders: shapes, ranges, splits, subsets, seeded order."""
+import io
 import os
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def test_unknown_dataset_type_and_split(tiny_data_root):
 
 
 def test_missing_mnist_without_download_says_where(tmp_path):
-    with pytest.raises(ds.DataNotFoundError, match='--data-root'):
+    with pytest.raises(ds.DataError, match='--data-root'):
         get_dataset('MNIST', data_root=str(tmp_path), download=False)
 
 
@@ -65,16 +66,16 @@ def test_failed_mnist_download_is_one_line(tmp_path, monkeypatch):
         raise RuntimeError('Error downloading x.gz:\nTried http://a, got:\n'
                            '<urlopen error>')
     monkeypatch.setattr(ds.torchvision.datasets, 'MNIST', offline)
-    with pytest.raises(ds.DataNotFoundError) as e:
+    with pytest.raises(ds.DataError) as e:
         get_dataset('MNIST', data_root=str(tmp_path))
     assert '\n' not in str(e.value) and 'x.gz' in str(e.value)
 
 
 def test_missing_or_empty_folder_says_where(tmp_path):
-    with pytest.raises(ds.DataNotFoundError, match='--data-root'):
+    with pytest.raises(ds.DataError, match='--data-root'):
         CelebADataset(str(tmp_path / 'nothing'))
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(ds.DataNotFoundError, match='no images'):
+    with pytest.raises(ds.DataError, match='no image files'):
         CelebADataset(str(tmp_path / 'empty'))
 
 
@@ -143,8 +144,11 @@ def test_default_celeba_shape_is_64(tiny_data_root):
 def test_split_is_disjoint_covers_all_and_holds_out_the_last(tmp_path, n):
     folder = tmp_path / 'f'
     folder.mkdir()
+    buf = io.BytesIO()
+    Image.new('RGB', (4, 4)).save(buf, 'JPEG')  # a readable file is enough
     for i in range(n):
-        (folder / f'{(i * 7919) % 1000:04d}_{i}.jpg').write_bytes(b'')
+        (folder / f'{(i * 7919) % 1000:04d}_{i}.jpg').write_bytes(
+            buf.getvalue())
     names = list_images(folder)
     train = CelebADataset(str(folder), split='train').filenames
     test = CelebADataset(str(folder), split='test').filenames

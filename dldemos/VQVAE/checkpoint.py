@@ -1,10 +1,12 @@
 """Checkpoint files: atomic writes, resume points, safe loading.
 
 A model checkpoint is a plain state dict (what the tutorial's code saves and
-loads). Beside it, `<name>.resume.pth` holds what resuming needs: optimizer,
-next epoch, RNG states and the resolved config, all as plain types so that
-`torch.load(..., weights_only=True)` reads it.
+loads). Beside it, `<name>.resume.pth` holds what resuming needs: a copy of
+the weights, optimizer, next epoch and batch, RNG states and the resolved
+config, all as plain types so that `torch.load(..., weights_only=True)` reads
+it. Every file is written to a temp file and renamed into place.
 """
+import glob
 import os
 import random
 
@@ -20,17 +22,40 @@ def save_atomic(obj, path):
     """torch.save to a temp file in the same folder, then rename: a crash
     mid-write leaves the previous file intact."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp{os.getpid()}')
+    name = os.path.basename(path)
+    tmp = os.path.join(folder, f'.{name}.tmp{os.getpid()}')
     try:
+        os.makedirs(folder, exist_ok=True)
+        # temp files of a save that was killed (SIGKILL, power loss)
+        for old in glob.glob(os.path.join(glob.escape(folder),
+                                          f'.{glob.escape(name)}.tmp*')):
+            os.remove(old)
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(folder)  # make the rename itself survive a power loss
+    except OSError as e:
+        raise CheckpointError(f'could not write {path} ({e.strerror or e}): '
+                              'check that its folder is writable and the '
+                              'disk is not full') from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resume_path(ckpt_path):
@@ -48,10 +73,12 @@ def plain(obj):
 
 
 def rng_state():
+    """Every RNG a run draws from, as types weights_only loading accepts."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
     return {'torch': torch.get_rng_state(),
             'cuda': (torch.cuda.get_rng_state_all()
                      if torch.cuda.is_available() else []),
-            'numpy': plain(np.random.get_state()[1].tolist()),
+            'numpy': [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
             'python': plain(random.getstate())}
 
 
@@ -59,26 +86,30 @@ def set_rng_state(state):
     torch.set_rng_state(state['torch'])
     if state.get('cuda') and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.array(state['numpy'],
-                                               dtype=np.uint32), 624, 0, 0.0))
-    py = state['python']
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state(('MT19937', np.array(keys, dtype=np.uint32), pos,
+                         has_gauss, gauss))
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
-                        sums=None):
+                        sums=None, rng=None):
     """Write the model (plain state dict) and its resume point, atomically.
 
     Resuming starts at batch `step` of epoch `epoch` (step 0: a fresh epoch);
-    `sums` are the running loss sums of that epoch so far.
+    `sums` are the running loss sums of that epoch so far and `rng` the RNG
+    states to restore (default: now). The resume point holds its own copy of
+    the weights and is written first, so a crash between the two writes
+    cannot pair a resume point with weights from another step.
     """
-    save_atomic(model.state_dict(), ckpt_path)
-    save_atomic({'optimizer': optimizer.state_dict(), 'epoch': int(epoch),
-                 'step': int(step),
-                 'sums': [] if sums is None else [float(v) for v in sums],
-                 'rng': rng_state(), 'config': plain(cfg)},
-                resume_path(ckpt_path))
+    state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'epoch': int(epoch), 'step': int(step),
+             'sums': [] if sums is None else [float(v) for v in sums],
+             'rng': rng_state() if rng is None else rng,
+             'config': plain(cfg)}
+    save_atomic(state, resume_path(ckpt_path))
+    save_atomic(state['model'], ckpt_path)
 
 
 def load_file(path, what='checkpoint'):
@@ -90,13 +121,13 @@ def load_file(path, what='checkpoint'):
     except Exception as e:  # truncated, not a torch file, or unsafe pickle
         raise CheckpointError(
             f'{what} {path} could not be read ({type(e).__name__}): the file '
-            'is truncated, corrupt or not a checkpoint; delete it or point to '
-            'another') from None
+            'is truncated, corrupt, not a checkpoint or holds more than '
+            'tensors and plain values; delete it or point to another') \
+            from None
 
 
-def load_model(model, path, what='checkpoint'):
-    """Load a plain state dict into model; name mismatched keys and shapes."""
-    state = load_file(path, what)
+def check_state_dict(model, state, path, what='checkpoint'):
+    """Raise CheckpointError naming mismatched keys and shapes."""
     if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f'{what} {path} is not a model state dict')
@@ -112,18 +143,64 @@ def load_model(model, path, what='checkpoint'):
         raise CheckpointError(f'{what} {path} does not match the config: '
                               f'{shown}{more}; use the config it was trained '
                               'with')
+
+
+def load_model(model, path, what='checkpoint'):
+    """Load a plain state dict into model; name mismatched keys and shapes."""
+    state = load_file(path, what)
+    check_state_dict(model, state, path, what)
     model.load_state_dict(state)
     return model
 
 
-def load_training_state(ckpt_path, model, optimizer):
-    """Restore model, optimizer and RNG; return (epoch, step, sums)."""
+RESUME_KEYS = ('model', 'optimizer', 'epoch', 'step', 'sums', 'rng')
+# config keys that decide which images each batch of an epoch holds: a
+# mid-epoch resume point is only valid if they are unchanged
+ORDER_KEYS = ('dataset_type', 'batch_size', 'batch_size_2', 'train_subset',
+              'use_code_cache')
+
+
+def check_batch_order(state, cfg, path):
+    saved = state.get('config', {})
+    changed = [f'{k} {saved[k]!r} -> {plain(cfg[k])!r}' for k in ORDER_KEYS
+               if k in saved and k in cfg and saved[k] != plain(cfg[k])]
+    if state['step'] and changed:
+        raise CheckpointError(
+            f'{path} stopped mid-epoch and the batches changed since '
+            f'({", ".join(changed)}): resume with the old values, which '
+            'would otherwise repeat or skip images')
+
+
+def load_training_state(ckpt_path, model, optimizer, cfg=None):
+    """Restore model, optimizer and RNG; return (epoch, step, sums).
+
+    With `cfg`, a mid-epoch resume point whose batches the config changed is
+    refused."""
     path = resume_path(ckpt_path)
     if not os.path.isfile(path):
-        raise CheckpointError(f'no resume point {path}: run without --resume '
-                              'to start this stage from scratch')
-    load_model(model, ckpt_path)
+        raise CheckpointError(
+            f'no resume point {path} beside {ckpt_path}: run without '
+            '--resume to train this stage from scratch')
     state = load_file(path, 'resume point')
-    optimizer.load_state_dict(state['optimizer'])
+    if not isinstance(state, dict) or any(k not in state
+                                          for k in RESUME_KEYS):
+        raise CheckpointError(f'{path} is not a resume point (no '
+                              f'{", ".join(RESUME_KEYS)}); run without '
+                              '--resume to start from scratch')
+    check_state_dict(model, state['model'], path, 'resume point')
+    if cfg is not None:
+        check_batch_order(state, cfg, path)
+    model.load_state_dict(state['model'])
+    # the learning rate comes from the config, not the file, so a run that
+    # diverged can be resumed with a lower lr
+    lrs = [group['lr'] for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f'optimizer state in {path} does not match the '
+                              f'model ({e}); use the config it was trained '
+                              'with') from None
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group['lr'] = lr
     set_rng_state(state['rng'])
     return int(state['epoch']), int(state['step']), state['sums']

@@ -22,7 +22,9 @@ DEFAULTS = dict(
     temperature=1.0,       # sampling temperature
     top_k=None,            # sample only from the k most likely codes
     eval_subset=1000,      # held-out images scored at the end of each epoch
-    save_every=1,          # epochs between checkpoints / preview grids
+    save_every=1,          # epochs between checkpoints (and resume points)
+    preview_every=1,       # epochs between preview grids in previews/ (0=off)
+    n_preview=16,          # images in a preview grid (cheap: a handful)
     use_code_cache=True,   # encode the train set once for prior training
     amp=True,              # bf16 autocast on CUDA (ignored on CPU)
     channels_last=False,   # NHWC memory layout on CUDA

@@ -24,6 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
+from dldemos.VQVAE.runtime import UsageError
+
 DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
 CELEBA_DIR = 'celebA/img_align_celeba'
@@ -31,10 +33,41 @@ CELEBA_HQ_DIR = 'celebA/celeba_hq_256'
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 HELD_OUT_FRACTION = 0.1
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
+DOWNLOAD_HINTS = {
+    'CelebAHQ': 'download the archive from https://www.kaggle.com/datasets/'
+    'badasstechie/celebahq-resized-256x256 and unpack its images',
+    'CelebA': 'download img_align_celeba.zip from '
+    'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and unpack its images',
+}
 
 
-class DataNotFoundError(FileNotFoundError):
-    """The data is not under the data root (a one-line message)."""
+class DataError(UsageError):
+    """The dataset is missing, empty or unreadable (one-line error)."""
+
+
+def warn(msg):
+    print(f'warning: {msg}', file=sys.stderr, flush=True)
+
+
+def load_mnist(root, train, download):
+    """torchvision's MNIST, or a DataError saying how to get the files."""
+    try:
+        return torchvision.datasets.MNIST(root=root, train=train,
+                                          download=download)
+    except (RuntimeError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
+            else type(e).__name__
+        raw = os.path.join(root, 'MNIST', 'raw')
+        if os.path.isfile(os.path.join(raw, 't10k-labels-idx1-ubyte')):
+            raise DataError(f'MNIST files in {raw} could not be read '
+                            f'({reason}): delete them to download them again'
+                            ) from None
+        raise DataError(
+            f'MNIST not found in {raw} and could not be downloaded '
+            f'({reason}): run once with internet access, or copy '
+            'train-images-idx3-ubyte, train-labels-idx1-ubyte, '
+            't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (or '
+            'pass --data-root)') from None
 
 
 class MNISTImageDataset(Dataset):
@@ -44,15 +77,7 @@ class MNISTImageDataset(Dataset):
                  train=True, download=True):
         super().__init__()
         self.img_shape = tuple(img_shape)
-        try:
-            self.mnist = torchvision.datasets.MNIST(root=root, train=train,
-                                                    download=download)
-        except RuntimeError as e:  # not there, and no download (offline)
-            why = (str(e).splitlines() or [''])[0].rstrip(':')
-            raise DataNotFoundError(
-                f'MNIST not found in {root} and not downloaded ({why}): run '
-                'dldemos/VQVAE/dataset.py online, or pass --data-root') \
-                from None
+        self.mnist = load_mnist(root, train, download)
         # At the native size ToTensor() is just uint8 / 255: doing it once for
         # the whole set keeps __getitem__ an index, so no workers are needed.
         if self.img_shape == (28, 28):
@@ -79,6 +104,51 @@ def list_images(root):
                   and os.path.isfile(os.path.join(root, f)))
 
 
+_readable = {}  # (folder, names) -> readable names: checked once a process
+
+
+def readable_images(root, dataset_type='CelebAHQ'):
+    """Sorted names of the images in `root` that PIL can open.
+
+    Unreadable files (empty, partial downloads, macOS `._*` files) are left
+    out with a warning naming them; a missing or empty folder, or one where
+    no image can be read, is a DataError saying what to do.
+    """
+    hint = DOWNLOAD_HINTS.get(dataset_type, 'put the images')
+    if not os.path.isdir(root):
+        raise DataError(f'{dataset_type} images not found: {root} does not '
+                        f'exist; {hint} into it (or pass --data-root)')
+    names = list_images(root)
+    if not names:
+        subdirs = sorted(d for d in os.listdir(root)
+                         if os.path.isdir(os.path.join(root, d)))
+        nested = f' (it has the subfolder {subdirs[0]}: move the images ' \
+            'up into the folder itself)' if subdirs else ''
+        raise DataError(f'{root} holds no image files ('
+                        f'{", ".join(IMG_EXTENSIONS)}){nested}; {hint} '
+                        'into it, or pass --data-root')
+    key = (os.path.abspath(root), tuple(names))
+    if key not in _readable:
+        bad = []
+        for name in names:
+            try:
+                with Image.open(os.path.join(root, name)) as img:
+                    img.size  # reads the header only
+            except Exception as e:  # PIL raises many kinds on bad files
+                bad.append((name, type(e).__name__))
+        shown = ', '.join(f'{n} ({why})' for n, why in bad[:5])
+        if len(bad) == len(names):
+            raise DataError(f'none of the {len(names)} image files in {root} '
+                            f'can be read (e.g. {shown}); {hint} again')
+        if bad:
+            more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+            warn(f'skipping {len(bad)} unreadable image file(s) in {root}: '
+                 f'{shown}{more}')
+        bad_names = {n for n, _ in bad}
+        _readable[key] = [n for n in names if n not in bad_names]
+    return list(_readable[key])
+
+
 def split_files(filenames, split):
     n_test = max(1, int(round(len(filenames) * HELD_OUT_FRACTION)))
     if split == 'train':
@@ -101,27 +171,35 @@ def celeba_transform(img_shape):
 
 class CelebADataset(Dataset):
 
-    def __init__(self, root, img_shape=(64, 64), split='all'):
+    def __init__(self, root, img_shape=(64, 64), split='all',
+                 dataset_type='CelebAHQ'):
         super().__init__()
         self.root = root
         self.img_shape = tuple(img_shape)
-        if not os.path.isdir(root):
-            raise DataNotFoundError(f'image folder {root} not found: put '
-                                    'the images there or pass --data-root')
-        filenames = list_images(root)
-        if not filenames:
-            raise DataNotFoundError(f'no images in {root}: put the images '
-                                    'there or pass --data-root')
-        self.filenames = split_files(filenames, split)
+        self.filenames = split_files(readable_images(root, dataset_type),
+                                     split)
         self.pipeline = celeba_transform(self.img_shape)
+        self.warned = set()
 
     def __len__(self) -> int:
         return len(self.filenames)
 
     def __getitem__(self, index: int):
-        path = os.path.join(self.root, self.filenames[index])
-        with Image.open(path) as img:
-            return self.pipeline(img.convert('RGB'))  # [3, H, W]
+        # A file whose header is fine can still fail to decode (truncated):
+        # warn once and use the next file, so one bad image does not stop a
+        # long run.
+        for i in range(len(self.filenames)):
+            path = os.path.join(self.root,
+                                self.filenames[(index + i) % len(self)])
+            try:
+                with Image.open(path) as img:
+                    return self.pipeline(img.convert('RGB'))  # [3, H, W]
+            except OSError as e:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    warn(f'skipping unreadable image {path} ({e})')
+        raise DataError(f'none of the {len(self)} images in {self.root} can '
+                        'be decoded; download and unpack them again')
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
@@ -140,7 +218,6 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
     kwargs = {} if img_shape is None else {'img_shape': img_shape}
     if use_lmdb:  # the LMDB sits beside the folder's place in data_root
         from dldemos.lmdb_loader import LMDBImageDataset, LMDBNotFound
-        from dldemos.VQVAE.runtime import UsageError
         path = folder + '.lmdb'
         try:
             return LMDBImageDataset(path, split=split,
@@ -148,13 +225,13 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
                                         kwargs.get('img_shape', (64, 64))))
         except LMDBNotFound as e:
             if os.path.exists(path):  # there, but unfinished or foreign
-                raise UsageError(str(e)) from None
-            raise UsageError(
+                raise DataError(str(e)) from None
+            raise DataError(
                 f'LMDB {path} not found: make it with `python '
                 'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with '
                 f'the celebA/ folders> --lmdb-root {data_root}` or set '
                 'use_lmdb=False') from None
-    return CelebADataset(folder, split=split, **kwargs)
+    return CelebADataset(folder, split=split, dataset_type=type, **kwargs)
 
 
 def get_dataloader(type,

@@ -9,9 +9,11 @@ four stages: train VQ-VAE, reconstruct, train PixelCNN, sample).
 
 Outputs go to --work-dir (default work_dirs/): checkpoints, their resume
 points, vqvae_reconstruct_{dataset}.jpg, vqvae_sample_{dataset}.jpg,
-config.json, command.txt and per-epoch logs (log_vqvae.jsonl,
-log_pixelcnn.jsonl). The training loops below are also what the torchrun
-launchers run.
+config.json, command.txt, per-epoch logs (log_vqvae.jsonl,
+log_pixelcnn.jsonl), loss_curves.png and previews/ (grids every
+preview_every epochs). Ctrl-C or SIGTERM saves a resume point and exits with
+code 130; bad input exits with code 2 and one line (--debug: traceback). The
+training loops below are also what the torchrun launchers run.
 """
 import argparse
 import math
@@ -21,9 +23,6 @@ import sys
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-import cv2
-import einops
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -35,15 +34,19 @@ from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
                                       load_training_state, resume_path,
-                                      save_training_state)
-from dldemos.VQVAE.dataset import DataNotFoundError, get_dataloader
+                                      rng_state, save_training_state)
+from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
+from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
+                                 preview_samples, save_grid,
+                                 update_loss_plot)
 from dldemos.VQVAE.runtime import (Interrupted, StopFlag, UsageError,
                                    add_common_args, append_jsonl, ckpt_path,
                                    load_cfg, log, pick_device,
-                                   prepare_work_dir, seed_everything, timer)
+                                   prepare_work_dir, seed_everything,
+                                   start_jsonl, timer)
 from dldemos.VQVAE.sampling import sample_codes
 
 
@@ -66,16 +69,13 @@ def image_loader(cfg, data_root, batch_size, split='train', subset=None,
                  shuffle=True, seed=0, device=torch.device('cpu'),
                  dist_train=False):
     """(loader, sampler) of the config's images; the sampler has set_epoch."""
-    try:
-        out = get_dataloader(cfg['dataset_type'], batch_size,
-                             img_shape=tuple(cfg['img_shape'][1:]),
-                             dist_train=dist_train,
-                             num_workers=cfg['num_workers'],
-                             use_lmdb=cfg['use_lmdb'], data_root=data_root,
-                             split=split, subset=subset, shuffle=shuffle,
-                             seed=seed, pin_memory=device.type == 'cuda')
-    except DataNotFoundError as e:
-        raise UsageError(str(e)) from None
+    out = get_dataloader(cfg['dataset_type'], batch_size,
+                         img_shape=tuple(cfg['img_shape'][1:]),
+                         dist_train=dist_train,
+                         num_workers=cfg['num_workers'],
+                         use_lmdb=cfg['use_lmdb'], data_root=data_root,
+                         split=split, subset=subset, shuffle=shuffle,
+                         seed=seed, pin_memory=device.type == 'cuda')
     return out if dist_train else (out, out.sampler)
 
 
@@ -104,31 +104,66 @@ def stop_requested(stop, device):
     return bool(all_reduce_sum(flag) > 0) if is_dist() else bool(stop)
 
 
-def progress(loader, e, n_epochs, name):
+def progress(loader, e, n_epochs, name, done=0, total=None):
     return tqdm(loader, desc=f'{name} {e + 1}/{n_epochs}', leave=False,
-                disable=not is_main(), dynamic_ncols=True)
+                initial=done, total=total, disable=not is_main(),
+                dynamic_ncols=True)
 
 
-def check_finite(means, what, path):
-    if not all(math.isfinite(v) for v in means):
+def remaining_batches(loader, sampler, skip):
+    """The batches of this epoch after the first `skip` (a mid-epoch resume):
+    the sampler's order of this epoch, without loading the skipped images."""
+    if not skip:
+        return loader
+    indices = list(sampler)[skip * loader.batch_size:]
+    return DataLoader(loader.dataset, batch_size=loader.batch_size,
+                      sampler=indices, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory,
+                      collate_fn=loader.collate_fn,
+                      drop_last=loader.drop_last)
+
+
+def check_finite(values, what, path):
+    if not all(math.isfinite(v) for v in values):
         raise NonFiniteLoss(
-            f'{what} loss became {means[0]}: training stopped; the last good '
+            f'{what} loss became {values[0]}: training stopped; the last good '
             f'checkpoint {path} is kept. Lower the learning rate (lr) or '
             'turn off amp and run again with --resume')
 
 
-def save_grid(imgs, path, dataset_type):
-    """imgs [N, C, H, W] in [0, 1] -> one square-ish grid image at path."""
-    n = imgs.shape[0]
-    n1 = max(1, int(n**0.5))
-    imgs = imgs[:n1 * (n // n1)]
-    imgs = (imgs.clip(0, 1) * 255).detach().cpu()
-    imgs = einops.rearrange(imgs, '(n1 n2) c h w -> (n1 h) (n2 w) c', n1=n1)
-    imgs = imgs.numpy().astype(np.uint8)
-    if dataset_type == 'CelebA' or dataset_type == 'CelebAHQ':
-        imgs = cv2.cvtColor(imgs, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(path, imgs):
-        raise UsageError(f'could not write {path}: check the work dir')
+def resume_or_start(path, model, optimizer, resume, what, cfg):
+    """(epoch, step, sums) to start from. --resume on a stage that never
+    wrote anything starts it from scratch, so `--resume` can rerun all
+    stages of a run that was stopped in stage 1."""
+    if resume and (os.path.exists(resume_path(path)) or
+                   os.path.exists(path)):
+        epoch, step, sums = load_training_state(path, model, optimizer, cfg)
+        log(f'resuming {what} at epoch {epoch} step {step}')
+        return epoch, step, sums
+    if resume:
+        log(f'no {what} checkpoint {path} yet: training it from scratch')
+    return 0, 0, []
+
+
+def stop_with_resume_point(path, model, optimizer, cfg, epoch, step, sums,
+                           rng, what):
+    """A signal arrived: save where to go on from, then stop cleanly."""
+    check_finite(sums, what, path)  # never replace good weights by NaNs
+    if is_main():
+        save_training_state(path, model, optimizer, cfg, epoch, step, sums,
+                            rng)
+    barrier()
+    raise Interrupted(f'stopped in {what} epoch {epoch}; resume point saved '
+                      f'in {path}: rerun with --resume to go on')
+
+
+def preview_images(cfg, data_root):
+    """The first few held-out images, read without a DataLoader (which would
+    draw from the global RNG)."""
+    dataset = get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
+                          data_root, 'test', cfg['use_lmdb'])
+    n = min(cfg['n_preview'], len(dataset))
+    return torch.stack([dataset[i] for i in range(n)])  # [n, C, H, W]
 
 
 # ----------------------------------------------------------------- stage 1
@@ -143,30 +178,35 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
     if cfg['eval_subset']:
         heldout, _ = image_loader(cfg, data_root, cfg['batch_size'], 'test',
                                   subset=cfg['eval_subset'], shuffle=False)
+    preview_every = cfg['preview_every'] if cfg['n_preview'] else 0
+    if preview_every and is_main():
+        preview_x = preview_images(cfg, data_root).to(device)
     model = prepare_for_training(vqvae, cfg, device)
     model.train()
     optimizer = torch.optim.Adam(vqvae.parameters(), cfg['lr'])
     mse_loss = nn.MSELoss()
-    start_epoch, start_step, start_sums = 0, 0, []
-    if resume:
-        start_epoch, start_step, start_sums = load_training_state(
-            path, vqvae, optimizer)
-        log(f'resuming VQ-VAE at epoch {start_epoch} step {start_step}')
+    start_epoch, start_step, start_sums = resume_or_start(
+        path, vqvae, optimizer, resume, 'VQ-VAE', cfg)
+    log_path = os.path.join(work_dir, 'log_vqvae.jsonl')
+    start_jsonl(log_path, start_epoch)
     n_epochs = cfg['n_epochs']
     tic = timer()
     with StopFlag() as stop:
         for e in range(start_epoch, n_epochs):
             sampler.set_epoch(e)
             skip = start_step if e == start_epoch else 0
+            # a resume point saved mid-epoch restores the RNG as it was here,
+            # so the resumed run draws exactly what this one draws
+            epoch_rng = rng_state()
+            epoch_tic, n_seen = timer(), 0
             # sum over samples of: loss, reconstruction, embedding,
             # commitment, and the sample count
             sums = torch.zeros(5, device=device)
             if skip:
                 sums += torch.tensor(start_sums, device=device)
-            bar = progress(dataloader, e, n_epochs, 'vqvae')
-            for step, x in enumerate(bar):
-                if step < skip:  # resumed mid-epoch: same order, skip done
-                    continue
+            bar = progress(remaining_batches(dataloader, sampler, skip), e,
+                           n_epochs, 'vqvae', skip, len(dataloader))
+            for step, x in enumerate(bar, start=skip):
                 x = x.to(device, non_blocking=True)
                 with autocast(cfg, device):
                     x_hat, ze, zq = model(x)
@@ -184,17 +224,20 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                                      l_embedding.detach(),
                                      l_commitment.detach(),
                                      loss.new_tensor(1.0)]) * n
+                n_seen += n
                 if is_main() and step % 20 == 0:
-                    bar.set_postfix(rec=f'{l_reconstruct.item():.4f}',
-                                    emb=f'{l_embedding.item():.4f}',
-                                    com=f'{l_commitment.item():.4f}')
+                    # distinct codes in this batch: few means a dying codebook
+                    codes = vqvae.quantize(ze.detach()).unique().numel()
+                    bar.set_postfix(
+                        rec=f'{l_reconstruct.item():.4f}',
+                        emb=f'{l_embedding.item():.4f}',
+                        com=f'{l_commitment.item():.4f}',
+                        codes=f'{codes}/{cfg["n_embedding"]}',
+                        img_s=f'{n_seen / (timer() - epoch_tic):.0f}')
                 if stop_requested(stop, device):
-                    if is_main():
-                        save_training_state(path, vqvae, optimizer, cfg, e,
-                                            step + 1, sums.tolist())
-                    barrier()
-                    raise Interrupted(f'stopped in VQ-VAE epoch {e}; resume '
-                                      'point saved: rerun with --resume')
+                    stop_with_resume_point(path, vqvae, optimizer, cfg, e,
+                                           step + 1, sums.tolist(),
+                                           epoch_rng, 'VQ-VAE')
             # the true mean over every sample on every rank
             totals = all_reduce_sum(sums)
             means = (totals[:4] / totals[4]).tolist()
@@ -202,8 +245,8 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
             toc = timer()
             record = {'epoch': e, 'loss': means[0], 'reconstruct': means[1],
                       'embedding': means[2], 'commitment': means[3],
-                      'images_per_s': float(totals[4]) / max(toc - tic, 1e-9)
-                      if e == start_epoch else None,
+                      'images_per_s': get_world_size() * n_seen /
+                      max(toc - epoch_tic, 1e-9),
                       'elapsed_s': toc - tic}
             if is_main():
                 if heldout is not None:
@@ -212,15 +255,23 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                                   test_codes_used=m['codes_used'])
                 if (e + 1) % cfg['save_every'] == 0 or e + 1 == n_epochs:
                     save_training_state(path, vqvae, optimizer, cfg, e + 1)
-                append_jsonl(os.path.join(work_dir, 'log_vqvae.jsonl'),
-                             record)
+                append_jsonl(log_path, record)
                 print(f'epoch {e} loss: {means[0]} elapsed {(toc - tic):.2f}s'
                       + ('' if heldout is None else
                          f' | test mse {record["test_mse"]:.5f} psnr '
                          f'{record["test_psnr"]:.2f} dB codes used '
                          f'{record["test_codes_used"]}/{cfg["n_embedding"]}'),
                       flush=True)
+                update_loss_plot(work_dir)
+                if preview_every and (e + 1) % preview_every == 0:
+                    preview_reconstruction(
+                        vqvae, preview_x,
+                        preview_path(work_dir, 'vqvae_reconstruct', e + 1),
+                        cfg['dataset_type'])
             barrier()
+            if stop_requested(stop, device):  # arrived during eval or save
+                stop_with_resume_point(path, vqvae, optimizer, cfg, e + 1, 0,
+                                       [], None, 'VQ-VAE')
     log('Done')
 
 
@@ -292,24 +343,25 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
     model.train()
     optimizer = torch.optim.Adam(gen_model.parameters(), cfg['lr_2'])
     loss_fn = nn.CrossEntropyLoss()
-    start_epoch, start_step, start_sums = 0, 0, []
-    if resume:
-        start_epoch, start_step, start_sums = load_training_state(
-            path, gen_model, optimizer)
-        log(f'resuming PixelCNN at epoch {start_epoch} step {start_step}')
+    start_epoch, start_step, start_sums = resume_or_start(
+        path, gen_model, optimizer, resume, 'PixelCNN', cfg)
+    log_path = os.path.join(work_dir, 'log_pixelcnn.jsonl')
+    start_jsonl(log_path, start_epoch)
+    preview_every = cfg['preview_every'] if cfg['n_preview'] else 0
     n_epochs = cfg['n_epochs_2']
     tic = timer()
     with StopFlag() as stop:
         for e in range(start_epoch, n_epochs):
             sampler.set_epoch(e)
             skip = start_step if e == start_epoch else 0
+            epoch_rng = rng_state()  # see train_vqvae
+            epoch_tic, n_seen = timer(), 0
             sums = torch.zeros(2, device=device)  # loss sum, sample count
             if skip:
                 sums += torch.tensor(start_sums, device=device)
-            bar = progress(dataloader, e, n_epochs, 'pixelcnn')
-            for step, batch in enumerate(bar):
-                if step < skip:
-                    continue
+            bar = progress(remaining_batches(dataloader, sampler, skip), e,
+                           n_epochs, 'pixelcnn', skip, len(dataloader))
+            for step, batch in enumerate(bar, start=skip):
                 if cfg['use_code_cache']:
                     x = batch[0].to(device, non_blocking=True).long()
                 else:
@@ -323,20 +375,23 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                 optimizer.step()
                 n = x.shape[0]
                 sums += torch.stack([loss.detach(), loss.new_tensor(1.0)]) * n
+                n_seen += n
                 if is_main() and step % 20 == 0:
-                    bar.set_postfix(ce=f'{loss.item():.4f}')
+                    bar.set_postfix(
+                        ce=f'{loss.item():.4f}',
+                        img_s=f'{n_seen / (timer() - epoch_tic):.0f}')
                 if stop_requested(stop, device):
-                    if is_main():
-                        save_training_state(path, gen_model, optimizer, cfg,
-                                            e, step + 1, sums.tolist())
-                    barrier()
-                    raise Interrupted(f'stopped in PixelCNN epoch {e}; resume'
-                                      ' point saved: rerun with --resume')
+                    stop_with_resume_point(path, gen_model, optimizer, cfg, e,
+                                           step + 1, sums.tolist(),
+                                           epoch_rng, 'PixelCNN')
             totals = all_reduce_sum(sums)
             mean = float(totals[0] / totals[1])
             check_finite([mean], 'PixelCNN', path)
             toc = timer()
-            record = {'epoch': e, 'loss': mean, 'elapsed_s': toc - tic}
+            record = {'epoch': e, 'loss': mean,
+                      'images_per_s': get_world_size() * n_seen /
+                      max(toc - epoch_tic, 1e-9),
+                      'elapsed_s': toc - tic}
             if is_main():
                 if heldout is not None:
                     nll = prior_nll(gen_model, (b[0] for b in heldout),
@@ -344,14 +399,22 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                     record.update(test_nll=nll)
                 if (e + 1) % cfg['save_every'] == 0 or e + 1 == n_epochs:
                     save_training_state(path, gen_model, optimizer, cfg, e + 1)
-                append_jsonl(os.path.join(work_dir, 'log_pixelcnn.jsonl'),
-                             record)
+                append_jsonl(log_path, record)
                 print(f'epoch {e} loss: {mean} elapsed {(toc - tic):.2f}s'
                       + ('' if heldout is None else
                          f' | test nll {record["test_nll"]:.4f} nats/latent '
                          f'(uniform {math.log(cfg["n_embedding"]):.4f})'),
                       flush=True)
+                update_loss_plot(work_dir)
+                if preview_every and (e + 1) % preview_every == 0:
+                    preview_samples(
+                        vqvae, gen_model, cfg,
+                        preview_path(work_dir, 'pixelcnn_sample', e + 1),
+                        seed, device)
             barrier()
+            if stop_requested(stop, device):  # arrived during eval or save
+                stop_with_resume_point(path, gen_model, optimizer, cfg, e + 1,
+                                       0, [], None, 'PixelCNN')
     log('Done')
 
 
@@ -446,12 +509,7 @@ def run(args, argv):
     # 3. Train the generative model (Gated PixelCNN)
     if 3 in stages:
         load_vqvae_for(3, vqvae, vqvae_path)
-        stage3 = dict(common)
-        if args.resume and 1 in stages and \
-                not os.path.isfile(resume_path(gen_path)):
-            # stopped in stage 1, so stage 3 never started: start it now
-            stage3['resume'] = False
-        train_generative_model(vqvae, gen_model, cfg, device, **stage3)
+        train_generative_model(vqvae, gen_model, cfg, device, **common)
 
     # 4. Sample
     if 4 in stages:
@@ -476,6 +534,11 @@ def main(argv=None):
         run(args, argv)
     except Interrupted as e:
         print(e, file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # outside the training loops, or a 2nd Ctrl-C
+        if args.debug:
+            raise
+        print('interrupted', file=sys.stderr)
         sys.exit(130)
     except (UsageError, CheckpointError, NonFiniteLoss) as e:
         if args.debug:

@@ -185,6 +185,31 @@ def append_jsonl(path, record):
         f.write(json.dumps(plain(record)) + '\n')
 
 
+def read_jsonl(path):
+    """The records of a JSONL log ([] if absent); a line cut short by a
+    killed run is skipped."""
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def start_jsonl(path, start_epoch):
+    """Keep the records of epochs before start_epoch: a fresh run starts an
+    empty log, a resumed one drops the epochs it is about to redo."""
+    if is_main():
+        kept = [r for r in read_jsonl(path)
+                if r.get('epoch', -1) < start_epoch]
+        with open(path, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in kept)
+
+
 def log(*args):
     if is_main():
         print(*args, flush=True)

@@ -1,0 +1,142 @@
+"""Pictures of a run: image grids, the loss curves of the JSONL logs and the
+preview grids written during training so progress can be watched.
+
+    python dldemos/VQVAE/plots.py work_dirs   # redraw its loss_curves.png
+"""
+import argparse
+import os
+import sys
+
+if __name__ == '__main__':  # run as a script: make `dldemos` importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
+
+import cv2
+import einops
+import numpy as np
+import torch
+
+from dldemos.VQVAE.runtime import UsageError, read_jsonl
+from dldemos.VQVAE.sampling import sample_codes
+
+LOSS_PLOT = 'loss_curves.png'
+PREVIEW_DIR = 'previews'
+# (log file, panel title, [(record key, curve label)]): training terms, then
+# the held-out measure of the same quantity where one is logged
+PANELS = [
+    ('log_vqvae.jsonl', 'VQ-VAE',
+     [('loss', 'train loss'), ('reconstruct', 'train reconstruction MSE'),
+      ('test_mse', 'held-out reconstruction MSE')]),
+    ('log_pixelcnn.jsonl', 'PixelCNN prior',
+     [('loss', 'train cross-entropy'),
+      ('test_nll', 'held-out NLL (nats/latent)')]),
+]
+
+
+def save_grid(imgs, path, dataset_type):
+    """imgs [N, C, H, W] in [0, 1] -> one square-ish grid image at path."""
+    n = imgs.shape[0]
+    n1 = max(1, int(n**0.5))
+    imgs = imgs[:n1 * (n // n1)]
+    imgs = (imgs.clip(0, 1) * 255).detach().cpu()
+    imgs = einops.rearrange(imgs, '(n1 n2) c h w -> (n1 h) (n2 w) c', n1=n1)
+    imgs = imgs.numpy().astype(np.uint8)
+    if dataset_type == 'CelebA' or dataset_type == 'CelebAHQ':
+        imgs = cv2.cvtColor(imgs, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(path, imgs):
+        raise UsageError(f'could not write {path}: check the work dir')
+
+
+def by_epoch(records):
+    """One record per epoch, the last one logged (a resumed run may have
+    logged an epoch twice), in epoch order."""
+    last = {r['epoch']: r for r in records if 'epoch' in r}
+    return [last[e] for e in sorted(last)]
+
+
+def plot_losses(work_dir, out=LOSS_PLOT):
+    """Draw every logged loss curve of work_dir into one PNG (written to a
+    temp file, then renamed). Returns its path, or None when nothing is
+    logged yet."""
+    panels = []
+    for log_name, title, curves in PANELS:
+        records = by_epoch(read_jsonl(os.path.join(work_dir, log_name)))
+        lines = []
+        for key, label in curves:
+            points = [(r['epoch'] + 1, r[key]) for r in records
+                      if r.get(key) is not None]
+            if points:
+                lines.append((label, *zip(*points)))
+        if lines:
+            panels.append((title, lines))
+    if not panels:
+        return None
+    # the Agg canvas directly: no pyplot, no global backend, no display
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    fig = Figure(figsize=(5 * len(panels), 3.6))
+    FigureCanvasAgg(fig)
+    for i, (title, lines) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for label, epochs, values in lines:
+            ax.plot(epochs, values, marker='o', markersize=3, label=label)
+        if all(v > 0 for _, _, values in lines for v in values):
+            ax.set_yscale('log')
+        ax.set_title(title)
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize='small')
+    fig.tight_layout()
+    path = os.path.join(work_dir, out)
+    tmp = os.path.join(work_dir, f'.{out}.tmp{os.getpid()}')
+    fig.savefig(tmp, format='png', dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def update_loss_plot(work_dir):
+    """plot_losses for the training loops: a plot that cannot be drawn is a
+    warning, never the end of a long run."""
+    try:
+        return plot_losses(work_dir)
+    except Exception as e:  # matplotlib missing, disk full, ...
+        print(f'warning: could not draw the loss curves ({e})',
+              file=sys.stderr)
+
+
+def preview_path(work_dir, name, epoch):
+    folder = os.path.join(work_dir, PREVIEW_DIR)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f'{name}_epoch{epoch:03d}.jpg')
+
+
+@torch.no_grad()
+def preview_reconstruction(vqvae, x, path, dataset_type):
+    """Originals and reconstructions side by side, without disturbing the
+    model's train/eval mode."""
+    was_training = vqvae.training
+    vqvae.eval()
+    x_hat, _, _ = vqvae(x)  # [N, C, H, W]
+    vqvae.train(was_training)
+    save_grid(torch.concat((x, x_hat.float()), 3), path, dataset_type)
+
+
+@torch.no_grad()
+def preview_samples(vqvae, gen_model, cfg, path, seed, device):
+    """A few samples of the prior decoded by the VQ-VAE. A private generator
+    with a fixed seed draws them, so the training RNG stream is untouched and
+    each epoch's grid starts from the same random numbers."""
+    H, W = vqvae.get_latent_HW(tuple(cfg['img_shape']))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    codes = sample_codes(gen_model, cfg['n_preview'], H, W, device,
+                         cfg['sampler'], temperature=cfg['temperature'],
+                         top_k=cfg['top_k'], generator=generator)  # [N, H, W]
+    save_grid(vqvae.decode(codes).float(), path, cfg['dataset_type'])
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='Redraw the loss curves.')
+    parser.add_argument('work_dir', nargs='?', default='work_dirs')
+    path = plot_losses(parser.parse_args().work_dir)
+    print('wrote', path) if path else print('no logs found')

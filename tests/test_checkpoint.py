@@ -1,0 +1,222 @@
+"""Checkpoint files: atomic writes, safe loading, errors, resume points."""
+import glob
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dldemos.VQVAE import checkpoint
+from dldemos.VQVAE.checkpoint import (CheckpointError, load_file, load_model,
+                                      load_training_state, resume_path,
+                                      rng_state, save_atomic,
+                                      save_training_state, set_rng_state)
+from dldemos.VQVAE.model import VQVAE
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def leftovers(folder):
+    return glob.glob(os.path.join(folder, '.*tmp*'))
+
+
+def test_save_atomic_round_trip_leaves_no_temp(tmp_path):
+    path = tmp_path / 'a.pth'
+    save_atomic({'w': torch.arange(5)}, path)
+    assert torch.equal(load_file(path)['w'], torch.arange(5))
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / 'a.pth'
+    save_atomic({'w': torch.zeros(3)}, path)
+    real_save = torch.save
+
+    def dying_save(obj, f):  # writes part of the file, then fails
+        real_save(obj, f)
+        f.truncate(10)
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(CheckpointError, match='could not write'):
+        save_atomic({'w': torch.ones(3)}, path)
+    assert torch.equal(load_file(path)['w'], torch.zeros(3))
+    assert leftovers(tmp_path) == []
+
+
+def test_stale_temp_of_a_killed_save_is_removed(tmp_path):
+    path = tmp_path / 'a.pth'
+    stale = tmp_path / '.a.pth.tmp99999'
+    stale.write_bytes(b'half a checkpoint')
+    save_atomic({'w': torch.ones(1)}, path)
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize('content', [b'', b'not a checkpoint at all\n',
+                                     'truncate'])
+def test_unreadable_files_give_a_clear_error(tmp_path, content):
+    path = tmp_path / 'bad.pth'
+    if content == 'truncate':
+        torch.save(VQVAE(1, 8, 8).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match='truncated, corrupt'):
+        load_file(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match='not found'):
+        load_file(tmp_path / 'nope.pth')
+
+
+CALLED = []
+
+
+def _side_effect():
+    CALLED.append(1)
+    return 'ran'
+
+
+class Payload:
+    """Unpickling this would run _side_effect: weights_only must refuse."""
+
+    def __reduce__(self):
+        return (_side_effect, ())
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path):
+    path = tmp_path / 'evil.pth'
+    torch.save({'w': torch.ones(1), 'x': Payload()}, path)
+    with pytest.raises(CheckpointError):
+        load_file(path)
+    assert CALLED == []
+
+
+def test_mismatch_names_keys_and_shapes(tmp_path):
+    path = tmp_path / 'm.pth'
+    torch.save(VQVAE(1, 8, 8).state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(VQVAE(1, 8, 16), path)
+    msg = str(err.value)
+    assert 'vq_embedding.weight' in msg and '[8, 8]' in msg \
+        and '[16, 8]' in msg and 'config' in msg
+    state = VQVAE(1, 8, 8).state_dict()
+    state['extra.bias'] = state.pop('decoder.0.bias')
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match='missing decoder.0.bias.*'
+                       'unexpected extra.bias'):
+        load_model(VQVAE(1, 8, 8), path)
+
+
+def draws():
+    return (torch.rand(3).tolist(), np.random.rand(3).tolist(),
+            np.random.randn(3).tolist(), [random.random() for _ in range(3)])
+
+
+@pytest.mark.parametrize('warmup', [0, 1, 7])
+def test_rng_state_round_trip(tmp_path, warmup):
+    for _ in range(warmup):  # odd counts leave a cached gaussian in numpy
+        draws()
+    save_atomic(rng_state(), tmp_path / 'rng.pth')
+    expected = draws()
+    set_rng_state(load_file(tmp_path / 'rng.pth'))
+    assert draws() == expected
+
+
+def make_trained(seed=0):
+    torch.manual_seed(seed)
+    model = VQVAE(1, 8, 8)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x_hat, ze, zq = model(torch.rand(2, 1, 28, 28))
+    (x_hat.square().mean() + (ze - zq).square().mean()).backward()
+    opt.step()
+    return model, opt
+
+
+def test_training_state_round_trip(tmp_path):
+    path = str(tmp_path / 'm.pth')
+    model, opt = make_trained(0)
+    save_training_state(path, model, opt, {'lr': 1e-3, 'img_shape': (1, 2)},
+                        epoch=3, step=5, sums=[1.5, 2.0])
+    fresh, fresh_opt = make_trained(1)
+    epoch, step, sums = load_training_state(path, fresh, fresh_opt)
+    assert (epoch, step, sums) == (3, 5, [1.5, 2.0])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k])
+    a, b = opt.state_dict()['state'], fresh_opt.state_dict()['state']
+    assert all(torch.equal(a[i]['exp_avg_sq'], b[i]['exp_avg_sq']) for i in a)
+    assert load_file(resume_path(path))['config']['img_shape'] == [1, 2]
+
+
+def test_resume_point_is_consistent_if_killed_between_writes(tmp_path,
+                                                             monkeypatch):
+    """The resume point is written first and carries the weights: a crash
+    before the model file is replaced still resumes the matching weights."""
+    path = str(tmp_path / 'm.pth')
+    model, opt = make_trained(0)
+    save_training_state(path, model, opt, {}, epoch=1)
+    model2, opt2 = make_trained(1)
+    real = checkpoint.save_atomic
+
+    def die_on_model_file(obj, p):
+        if str(p) == path:
+            raise KeyboardInterrupt  # killed before the second write
+        real(obj, p)
+
+    monkeypatch.setattr(checkpoint, 'save_atomic', die_on_model_file)
+    with pytest.raises(KeyboardInterrupt):
+        save_training_state(path, model2, opt2, {}, epoch=2)
+    fresh, fresh_opt = make_trained(2)
+    assert load_training_state(path, fresh, fresh_opt)[0] == 2
+    assert all(torch.equal(v, fresh.state_dict()[k])
+               for k, v in model2.state_dict().items())
+    load_model(VQVAE(1, 8, 8), path)  # the old model file is still whole
+
+
+def test_resume_keeps_the_configured_lr(tmp_path):
+    path = str(tmp_path / 'm.pth')
+    model, opt = make_trained(0)
+    save_training_state(path, model, opt, {}, epoch=1)
+    fresh = VQVAE(1, 8, 8)
+    fresh_opt = torch.optim.Adam(fresh.parameters(), 1e-5)
+    load_training_state(path, fresh, fresh_opt)
+    assert fresh_opt.param_groups[0]['lr'] == 1e-5
+
+
+def test_resume_without_resume_point_or_with_a_plain_file(tmp_path):
+    path = str(tmp_path / 'm.pth')
+    model, opt = make_trained(0)
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match='no resume point.*without '
+                       '--resume'):
+        load_training_state(path, model, opt)
+    torch.save(model.state_dict(), resume_path(path))
+    with pytest.raises(CheckpointError, match='is not a resume point'):
+        load_training_state(path, model, opt)
+
+
+@pytest.mark.parametrize('step, key, ok', [
+    (0, 'batch_size', True),   # epoch end: any batch size resumes fine
+    (4, 'lr', True),           # mid-epoch, batches unchanged
+    (4, 'batch_size', False),  # mid-epoch, other batches: refused
+    (4, 'train_subset', False),
+])
+def test_mid_epoch_resume_refuses_changed_batches(tmp_path, step, key, ok):
+    path = str(tmp_path / 'm.pth')
+    cfg = {'batch_size': 16, 'train_subset': None, 'lr': 1e-3}
+    model, opt = make_trained(0)
+    save_training_state(path, model, opt, cfg, epoch=1, step=step)
+    changed = dict(cfg, **{key: 32})
+    if ok:
+        assert load_training_state(path, model, opt, changed)[1] == step
+    else:
+        with pytest.raises(CheckpointError, match=f'{key} .* -> 32'):
+            load_training_state(path, model, opt, changed)

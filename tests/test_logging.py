@@ -1,0 +1,112 @@
+"""What a run leaves to watch it by: config.json, command.txt, JSONL logs,
+the loss-curve PNG and preview grids."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from dldemos.VQVAE import main as main_mod
+from dldemos.VQVAE.plots import by_epoch, plot_losses
+from dldemos.VQVAE.runtime import append_jsonl, read_jsonl, start_jsonl
+
+TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
+        'train_subset=32', 'eval_subset=16', 'pixelcnn_n_blocks=2',
+        'pixelcnn_dim=8', 'pixelcnn_linear_dim=8', 'n_sample=4',
+        'n_preview=4', 'num_workers=0']
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tiny_data_root, tmp_path_factory):
+    """Stages 1 and 3 for 2 epochs each; previews every second epoch."""
+    work_dir = tmp_path_factory.mktemp('run')
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    main_mod.main(['-c', '5', '--data-root', str(tiny_data_root),
+                   '--work-dir', str(work_dir), '--stages', '1,3',
+                   '--cfg-options', *TINY, 'n_epochs=2', 'n_epochs_2=2',
+                   'preview_every=2'])
+    torch.set_num_threads(n)
+    return work_dir
+
+
+def test_config_and_command_line_are_recorded(tiny_run):
+    cfg = json.loads((tiny_run / 'config.json').read_text())
+    assert cfg['n_embedding'] == 8 and cfg['img_shape'] == [1, 28, 28]
+    assert 'preview_every=2' in (tiny_run / 'command.txt').read_text()
+
+
+@pytest.mark.parametrize('log, keys', [
+    ('log_vqvae.jsonl', ['loss', 'reconstruct', 'embedding', 'commitment',
+                         'images_per_s', 'test_mse', 'test_codes_used']),
+    ('log_pixelcnn.jsonl', ['loss', 'images_per_s', 'test_nll']),
+])
+def test_one_jsonl_record_per_epoch(tiny_run, log, keys):
+    records = read_jsonl(tiny_run / log)
+    assert [r['epoch'] for r in records] == [0, 1]
+    for r in records:
+        assert all(isinstance(r[k], (int, float)) for k in keys), r
+        assert r['images_per_s'] > 0
+
+
+def test_loss_plot_and_previews_exist(tiny_run):
+    with Image.open(tiny_run / 'loss_curves.png') as img:
+        assert img.format == 'PNG' and img.width > 500
+    previews = sorted(p.name for p in (tiny_run / 'previews').iterdir())
+    # preview_every=2 over 2 epochs: one grid of each kind, at epoch 2
+    assert previews == ['pixelcnn_sample_epoch002.jpg',
+                        'vqvae_reconstruct_epoch002.jpg']
+    with Image.open(tiny_run / 'previews' / previews[1]) as img:
+        assert img.width == 2 * img.height  # originals | reconstructions
+
+
+def test_plot_is_redrawn_each_epoch(tiny_run, tmp_path):
+    (tmp_path / 'log_vqvae.jsonl').write_text(
+        (tiny_run / 'log_vqvae.jsonl').read_text().splitlines()[0] + '\n')
+    plot_losses(tmp_path)
+    one_epoch = (tmp_path / 'loss_curves.png').read_bytes()
+    (tmp_path / 'log_vqvae.jsonl').write_text(
+        (tiny_run / 'log_vqvae.jsonl').read_text())
+    plot_losses(tmp_path)
+    assert (tmp_path / 'loss_curves.png').read_bytes() != one_epoch
+
+
+def test_no_logs_no_plot(tmp_path):
+    assert plot_losses(tmp_path) is None
+    assert not (tmp_path / 'loss_curves.png').exists()
+
+
+def test_logs_survive_a_torn_line_and_repeated_epochs(tmp_path):
+    path = tmp_path / 'log_vqvae.jsonl'
+    for e, loss in [(0, 3.0), (1, 2.0), (1, 1.5), (2, 1.0)]:
+        append_jsonl(path, {'epoch': e, 'loss': loss})
+    with open(path, 'a') as f:
+        f.write('{"epoch": 3, "lo')  # killed mid-write
+    assert [r['loss'] for r in by_epoch(read_jsonl(path))] == [3.0, 1.5, 1.0]
+    assert plot_losses(tmp_path) is not None
+    start_jsonl(path, 2)  # resuming at epoch 2 drops epochs >= 2
+    assert [r['epoch'] for r in read_jsonl(path)] == [0, 1, 1]
+    start_jsonl(path, 0)  # a fresh run starts an empty log
+    assert read_jsonl(path) == []
+
+
+def test_a_failing_plot_does_not_stop_training(tmp_path, monkeypatch,
+                                               capsys):
+    from dldemos.VQVAE import plots
+    append_jsonl(tmp_path / 'log_vqvae.jsonl', {'epoch': 0, 'loss': 1.0})
+
+    def broken(*args, **kwargs):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(plots, 'plot_losses', broken)
+    assert plots.update_loss_plot(tmp_path) is None
+    assert 'could not draw the loss curves (disk full)' in \
+        capsys.readouterr().err
