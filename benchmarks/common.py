@@ -79,6 +79,23 @@ def rss_kib(field):
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
+_malloc_set = False
+
+
+def _malloc_returns_memory():
+    """Make glibc serve every allocation over 64 KiB by mmap and give it back
+    on free (no dynamic threshold), so RSS follows live tensors and a later
+    measurement cannot reuse what an earlier one freed."""
+    global _malloc_set
+    if not _malloc_set:
+        import ctypes
+        try:
+            ctypes.CDLL('libc.so.6').mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        except OSError:
+            pass
+        _malloc_set = True
+
+
 def peak_memory(fn, device):
     """(result, bytes) of fn(): peak memory above what was in use before.
     CUDA: max_memory_allocated; CPU: the process's peak RSS (VmHWM), reset
@@ -90,6 +107,7 @@ def peak_memory(fn, device):
         out = fn()
         sync(device)
         return out, torch.cuda.max_memory_allocated(device) - before
+    _malloc_returns_memory()
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current RSS
     before = rss_kib('VmRSS')
