@@ -24,8 +24,8 @@ def run_sampler(model, name, n, H, W, seed=1, **kwargs):
     steps = []
     generator = torch.Generator().manual_seed(seed)
     codes = sample_codes(model, n, H, W, 'cpu', name, generator=generator,
-                         on_step=lambda i, j, l: steps.append((i, j,
-                                                               l.clone())),
+                         on_step=lambda i, j, z: steps.append((i, j,
+                                                               z.clone())),
                          **kwargs)
     return codes, steps
 

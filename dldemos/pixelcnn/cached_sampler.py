@@ -11,7 +11,8 @@ Gated PixelCNN only look up and left:
 - the horizontal stack at (i, j) depends on its input at (i, j - n) ..
   (i, j) ('B') or (i, j - n) .. (i, j - 1) ('A'), n = kernel_size // 2, plus
   v_to_h at (i, j). Each layer keeps the current row of its horizontal input,
-  so a position costs a few [N, p] x [p, 2p] products per layer.
+  so a position costs a few [N, p] x [p, 2p] products per layer. The left
+  inputs are kept as references (a short list per layer), not copied.
 
 Batch norm in eval mode is a per-channel affine map; it is folded into the
 convolution before it, so a position needs no extra ops for it. Every layer
@@ -56,16 +57,14 @@ class _Layer:
         w, b = _fold_bn(block.v_to_h_conv.weight, block.v_to_h_conv.bias,
                         block.bn2)
         self.vh_w, self.vh_b = w[:, :, 0, 0], b  # [2p, 2p], [2p]
-        # horizontal stack: kept taps of the middle row, then bn3
+        # horizontal stack: kept taps of the middle row, then bn3; one
+        # [C, 2p] matrix per tap, tap t sees column j - n_left + t
         hk = block.h_conv.conv.weight.shape[-2] // 2
-        n_left = block.h_conv.conv.kernel_size[1] // 2
-        self.n_taps = n_left + 1 if block.conv_type == 'B' else n_left
-        self.n_left = n_left
-        w = block.h_conv.conv.weight[:, :, hk, :self.n_taps]  # [2p, C, taps]
-        w, b = _fold_bn(w, block.h_conv.conv.bias, block.bn3)
-        # rows of the input buffer are [taps, C] (contiguous), so one matmul
-        self.h_w = w.permute(0, 2, 1).reshape(w.shape[0], -1).t().contiguous()
-        self.h_b = b  # h_w: [taps * C, 2p]
+        self.n_left = block.h_conv.conv.kernel_size[1] // 2
+        n_taps = self.n_left + 1 if block.conv_type == 'B' else self.n_left
+        w = block.h_conv.conv.weight[:, :, hk, :n_taps]  # [2p, C, taps]
+        w, self.h_b = _fold_bn(w, block.h_conv.conv.bias, block.bn3)
+        self.h_w = [w[:, :, t].t().contiguous() for t in range(n_taps)]
         w, b = _fold_bn(block.h_output_conv.weight, block.h_output_conv.bias,
                         block.bn4)
         self.o_w, self.o_b = w[:, :, 0, 0].t().contiguous(), b  # [p, p]
@@ -102,29 +101,33 @@ def sample_cached(gen_model, n, H, W, device, sample_fn, temperature=1.0,
     x = torch.zeros((n, H, W), dtype=torch.long, device=device)
     # per layer: vertical input rows (zero rows above the image = padding)
     v_in = [torch.zeros((n, layer.in_channels, layer.n_rows, W),
-                        device=device, dtype=dtype)
-            for layer in layers]
-    # per layer: the current row of the horizontal input, left-padded with
-    # zeros, laid out [n, W + n_left, C] so a window is one contiguous view
-    h_in = [torch.zeros((n, W + layer.n_left, p), device=device, dtype=dtype)
-            for layer in layers]
-    # v_to_h of row 0 sees only padding: the 1x1 conv (and bn2) of zeros
-    v_to_h = [layer.vh_b.reshape(1, 1, -1).expand(n, W, -1)
-              for layer in layers]  # [n, W, 2p] per layer
+                        device=device, dtype=dtype) for layer in layers]
+    # per layer, for the current row: v_to_h plus the h_conv bias, added to
+    # the horizontal stack before the gate. Row 0 sees only padding: the
+    # 1x1 conv (and bn2) of zeros is its bias.
+    row_bias = [(layer.vh_b + layer.h_b).expand(n, W, -1)
+                for layer in layers]  # [n, W, 2p] per layer
     for i in range(H):
+        # per layer: its horizontal inputs at columns j - n_left .. j - 1
+        # of this row (the padding left of column 0 is zeros: skipped)
+        left = [[] for _ in layers]
         for j in range(W):
-            # layer 0's horizontal input is the embedding of the codes
-            h = emb[x[:, i, j - 1]] if j > 0 else None  # [n, p]
-            for l, layer in enumerate(layers):
-                buf = h_in[l]
-                if l == 0:  # type 'A': sees (i, j - n_left .. j - 1)
-                    if h is not None:
-                        buf[:, j - 1 + layer.n_left] = h
-                else:  # type 'B': the previous layer's h at (i, j) too
-                    buf[:, j + layer.n_left] = h
-                window = buf[:, j:j + layer.n_taps].reshape(n, -1)
-                hc = torch.addmm(layer.h_b, window, layer.h_w)  # [n, 2p]
-                hc = _gate(hc + v_to_h[l][:, j], p)  # [n, p]
+            h = None  # the previous layer's output at (i, j)
+            for k, layer in enumerate(layers):
+                if k == 0:  # type 'A': sees (i, j - n_left .. j - 1) of
+                    if j > 0:  # the embedded codes
+                        left[0].append(emb[x[:, i, j - 1]])  # [n, p]
+                    n_old = max(0, len(left[0]) - layer.n_left)
+                    taps = left[0] = left[0][n_old:]
+                else:  # type 'B': (i, j - n_left .. j)
+                    taps = left[k] + [h]
+                    left[k] = taps[max(0, len(taps) - layer.n_left):]
+                hc = row_bias[k][:, j]  # [n, 2p]
+                # columns left of 0 are zero padding: their taps add nothing
+                for w, inp in zip(layer.h_w[len(layer.h_w) - len(taps):],
+                                  taps):
+                    hc = torch.addmm(hc, inp, w)
+                hc = _gate(hc, p)  # [n, p]
                 out = torch.addmm(layer.o_b, hc, layer.o_w)  # [n, p]
                 h = out + h if layer.residual else out
             y = torch.relu(h)
@@ -138,15 +141,14 @@ def sample_cached(gen_model, n, H, W, device, sample_fn, temperature=1.0,
             break
         # row i is complete: run every layer's vertical stack on it once
         v = emb[x[:, i]].permute(0, 2, 1)  # [n, p, W]
-        for l, layer in enumerate(layers):
-            rows = torch.cat([v_in[l][:, :, 1:], v.unsqueeze(2)], 2)
-            v_in[l] = rows  # [n, C, n_rows, W]: rows i - n_rows + 1 .. i
+        for k, layer in enumerate(layers):
+            rows = torch.cat([v_in[k][:, :, 1:], v.unsqueeze(2)], 2)
+            v_in[k] = rows  # [n, C, n_rows, W]: rows i - n_rows + 1 .. i
             vpre = F.conv2d(F.pad(rows, (layer.pad_w, layer.pad_w)),
                             layer.v_w, layer.v_b)[:, :, 0]  # [n, 2p, W]
             # row i + 1 of the horizontal stack sees this row through v_to_h
-            v_to_h[l] = torch.addmm(layer.vh_b, vpre.transpose(1, 2).reshape(
-                -1, 2 * p), layer.vh_w.t()).reshape(n, W, 2 * p)
+            row_bias[k] = torch.addmm(
+                layer.vh_b + layer.h_b, vpre.transpose(1, 2).reshape(
+                    -1, 2 * p), layer.vh_w.t()).reshape(n, W, 2 * p)
             v = _gate(vpre, p)  # [n, p, W]: the next layer's vertical input
-        for buf in h_in:  # a new row: nothing on the left yet
-            buf.zero_()
     return x
