@@ -1,0 +1,114 @@
+"""Code cache for prior training, and the speed switches on the CPU."""
+import json
+import os
+
+import pytest
+import torch
+
+from dldemos.VQVAE import code_cache
+from dldemos.VQVAE.configs import get_cfg
+from dldemos.VQVAE.main import (build_models, code_loader,
+                                train_generative_model, train_vqvae)
+from dldemos.VQVAE.model import VQVAE
+
+
+def tiny_cfg(tmp_path, **kw):
+    cfg = get_cfg(5)
+    cfg.update(dim=8, n_embedding=16, batch_size=16, batch_size_2=16,
+               n_epochs=1, n_epochs_2=2, pixelcnn_n_blocks=1, pixelcnn_dim=8,
+               pixelcnn_linear_dim=8, eval_subset=None, num_workers=0,
+               vqvae_path=str(tmp_path / 'vqvae.pth'),
+               gen_model_path=str(tmp_path / 'prior.pth'))
+    cfg.update(kw)
+    return cfg
+
+
+def save_vqvae(cfg, seed):
+    torch.manual_seed(seed)
+    vqvae, _ = build_models(cfg)
+    torch.save(vqvae.state_dict(), cfg['vqvae_path'])
+    return vqvae
+
+
+def cached_codes(vqvae, cfg, root, tmp_path):
+    loader, _ = code_loader(vqvae, cfg, torch.device('cpu'), str(tmp_path),
+                            str(root), 0, 'train', None, False, 16)
+    return torch.cat([b[0] for b in loader])
+
+
+def test_cache_holds_the_codes_and_is_rebuilt_when_the_vqvae_changes(
+        tiny_data_root, tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    vqvae = save_vqvae(cfg, 0)
+    codes = cached_codes(vqvae, cfg, tiny_data_root, tmp_path)
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train')
+    assert os.path.exists(path)
+    assert codes.dtype == torch.uint8 and codes.shape == (64, 7, 7)
+    # what encoding the images now gives
+    from dldemos.VQVAE.dataset import get_dataset
+    imgs = torch.stack(list(get_dataset('MNIST', data_root=tiny_data_root)))
+    with torch.no_grad():
+        assert torch.equal(codes.long(), vqvae.encode(imgs))
+    # reused while the checkpoint is unchanged
+    mtime = os.path.getmtime(path)
+    cached_codes(vqvae, cfg, tiny_data_root, tmp_path)
+    assert os.path.getmtime(path) == mtime
+    # a different VQ-VAE checkpoint at the same path: rebuilt, new codes
+    vqvae2 = save_vqvae(cfg, 1)
+    codes2 = cached_codes(vqvae2, cfg, tiny_data_root, tmp_path)
+    with torch.no_grad():
+        expected = vqvae2.encode(imgs)
+    assert torch.equal(codes2.long(), expected)
+    assert not torch.equal(codes2, codes)
+
+
+def test_code_dtype_fits_the_codebook():
+    assert code_cache.code_dtype(256) == torch.uint8
+    assert torch.iinfo(code_cache.code_dtype(512)).max >= 511
+
+
+def losses(work_dir):
+    with open(os.path.join(work_dir, 'log_pixelcnn.jsonl')) as f:
+        return [json.loads(line)['loss'] for line in f]
+
+
+def test_prior_from_cache_matches_encoding_every_batch(tiny_data_root,
+                                                       tmp_path):
+    out = {}
+    for use_cache in (True, False):
+        work = tmp_path / str(use_cache)
+        work.mkdir()
+        cfg = tiny_cfg(work, use_code_cache=use_cache)
+        vqvae = save_vqvae(cfg, 0)
+        torch.manual_seed(1)
+        _, prior = build_models(cfg)
+        train_generative_model(vqvae, prior, cfg, torch.device('cpu'),
+                               str(work), str(tiny_data_root), seed=3)
+        out[use_cache] = (losses(work), prior.state_dict())
+        assert os.path.exists(code_cache.cache_path(
+            cfg['vqvae_path'], 'train')) == use_cache
+    assert len(out[True][0]) == 2
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
+    for k, v in out[True][1].items():
+        assert torch.allclose(v.float(), out[False][1][k].float(),
+                              atol=1e-5), k
+
+
+def test_speed_flags_do_not_change_cpu_results(tiny_data_root, tmp_path):
+    """amp / channels_last are CUDA-only; on the CPU they change nothing."""
+    results = []
+    for flags in ({'amp': False, 'channels_last': False},
+                  {'amp': True, 'channels_last': True}):
+        work = tmp_path / str(len(results))
+        work.mkdir()
+        cfg = tiny_cfg(work, **flags)
+        torch.manual_seed(0)
+        vqvae = VQVAE(1, cfg['dim'], cfg['n_embedding'])
+        train_vqvae(vqvae, cfg, torch.device('cpu'), str(work),
+                    str(tiny_data_root), seed=0)
+        with open(work / 'log_vqvae.jsonl') as f:
+            results.append((json.loads(f.readline())['loss'],
+                            vqvae.state_dict()))
+    assert results[0][0] == results[1][0]
+    for k, v in results[0][1].items():
+        assert torch.equal(v, results[1][1][k]), k
