@@ -9,7 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(2)
+# Tests use tiny models: a second intra-op thread buys nothing, and when the
+# cores are shared its spin-waits make them 10-40x slower. Subprocesses
+# (torchrun, main.py) inherit the setting through the environment.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -61,17 +65,6 @@ def make_face_folder(folder, n=20, size=(178, 218), seed=0):
         Image.fromarray(arr).save(folder / f'{i:06d}.jpg')
     (folder / 'README.txt').write_text('not an image')
     return folder
-
-
-@pytest.fixture(scope='module')
-def one_thread():
-    """One intra-op thread for modules of tiny models: a second thread buys
-    them nothing, and when the cores are shared the threads' spin-waits make
-    them 10-40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='session')

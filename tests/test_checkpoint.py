@@ -15,14 +15,6 @@ from dldemos.VQVAE.checkpoint import (CheckpointError, load_file, load_model,
 from dldemos.VQVAE.model import VQVAE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def leftovers(folder):
     return glob.glob(os.path.join(folder, '.*tmp*'))
 

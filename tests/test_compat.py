@@ -13,7 +13,6 @@ from dldemos.VQVAE.main import build_models
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 ATOL = 1e-5

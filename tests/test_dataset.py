@@ -16,7 +16,6 @@ from dldemos.VQVAE import dataset as ds
 from dldemos.VQVAE.dataset import (CelebADataset, get_dataloader, get_dataset,
                                    list_images)
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ------------------------------------------------------------------ MNIST

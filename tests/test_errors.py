@@ -22,14 +22,6 @@ FACES = ['img_shape=(3,32,32)', 'pixelcnn_n_blocks=1', 'pixelcnn_dim=8',
          'pixelcnn_linear_dim=8'] + TINY
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fails(capsys, *argv):
     """Run main.py with argv; return its one-line error (asserting exit 2)."""
     with pytest.raises(SystemExit) as exit_info:

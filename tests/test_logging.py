@@ -3,7 +3,6 @@ the loss-curve PNG and preview grids."""
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from dldemos.VQVAE import main as main_mod
@@ -16,25 +15,14 @@ TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
         'n_preview=4', 'num_workers=0']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope='module')
 def tiny_run(tiny_data_root, tmp_path_factory):
     """Stages 1 and 3 for 2 epochs each; previews every second epoch."""
     work_dir = tmp_path_factory.mktemp('run')
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     main_mod.main(['-c', '5', '--data-root', str(tiny_data_root),
                    '--work-dir', str(work_dir), '--stages', '1,3',
                    '--cfg-options', *TINY, 'n_epochs=2', 'n_epochs_2=2',
                    'preview_every=2'])
-    torch.set_num_threads(n)
     return work_dir
 
 

@@ -25,7 +25,6 @@ CELEBAHQ_TINY = ['n_epochs=1', 'n_epochs_2=1', 'batch_size=6',
                  'eval_subset=2', 'num_workers=0']
 
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def run_main(data_root, work_dir, cfg_id, options, stages='1,2,3,4',

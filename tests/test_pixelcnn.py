@@ -7,7 +7,6 @@ from dldemos.pixelcnn.model import (GatedPixelCNN, HorizontalMaskConv2d,
                                     VerticalMaskConv2d)
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def make_conv(kind, c_in, c_out, k):

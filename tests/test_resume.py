@@ -28,16 +28,6 @@ VQ = 'model_mnist_quick.pth'
 GEN = 'gen_model_mnist_quick.pth'
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds sync overhead (a lot of it on
-    a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_main(data_root, work_dir, stages, *options, resume=False):
     argv = ['-c', '5', '--data-root', str(data_root), '--work-dir',
             str(work_dir), '--stages', stages, '--cfg-options', *TINY,

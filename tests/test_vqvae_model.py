@@ -5,7 +5,6 @@ import torch.nn.functional as F
 
 from dldemos.VQVAE.model import VQVAE, nearest_neighbor
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def small_vqvae(input_dim=1, dim=8, n_embedding=16, seed=0):

@@ -18,7 +18,6 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import einops
-import torch
 import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
-                                is_dist, is_main, unwrap)
+                                is_dist, is_main)
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
                                       load_training_state, resume_path,

@@ -1,6 +1,5 @@
 """What every entry point shares: command line, config overrides, device,
 seeding, output paths, logs and stopping on a signal."""
-import argparse
 import ast
 import json
 import os
