@@ -37,6 +37,7 @@ def test_evaluate_mnist_writes_the_schema(tiny_data_root, tmp_path, capsys):
                      '--classifier-epochs', '1', '--classifier-subset', '64')
     assert m['config']['n_embedding'] == 16
     assert set(m['checkpoints']) == {'vqvae', 'gen_model'}
+    assert all(c['epochs_trained'] == 1 for c in m['checkpoints'].values())
     v = m['vqvae']
     assert v['n_images'] == 32  # the whole tiny test split
     assert 0 < v['mse'] < 1 and v['psnr'] == pytest.approx(

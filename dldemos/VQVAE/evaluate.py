@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dldemos.VQVAE import mnist_classifier
-from dldemos.VQVAE.checkpoint import CheckpointError, load_model, plain
+from dldemos.VQVAE.checkpoint import (CheckpointError, load_file, load_model,
+                                      plain, resume_path)
 from dldemos.VQVAE.code_cache import file_sha256
 from dldemos.VQVAE.main import (build_models, code_loader, image_loader,
                                 save_grid)
@@ -126,6 +127,15 @@ def fid_entry(features, ref_stats):
 
 
 # ----------------------------------------------------------------- stages
+def epochs_trained(path):
+    """Completed epochs recorded in the checkpoint's resume point (a run
+    stopped mid-epoch counts only whole epochs), or None without one."""
+    try:
+        return int(load_file(resume_path(path), 'resume point')['epoch'])
+    except (CheckpointError, KeyError, TypeError):
+        return None
+
+
 def hardware(device):
     """The device in words, for the README's results table."""
     if device.type == 'cuda':
@@ -192,7 +202,8 @@ def evaluate(cfg, device, work_dir, data_root, seed=0, n_samples=None,
     load_model(gen_model, paths['gen_model'],
                'PixelCNN checkpoint').to(device).eval()
     result = {'config': plain(cfg),
-              'checkpoints': {k: {'path': p, 'sha256': file_sha256(p)}
+              'checkpoints': {k: {'path': p, 'sha256': file_sha256(p),
+                                  'epochs_trained': epochs_trained(p)}
                               for k, p in paths.items()},
               'held_out': ('MNIST test split' if dataset == 'MNIST' else
                            f'{dataset}: last 10% of files by sorted name'),
@@ -300,14 +311,17 @@ def evaluate(cfg, device, work_dir, data_root, seed=0, n_samples=None,
 # ----------------------------------------------------------------- report
 def format_table(r):
     v, p, s = r['vqvae'], r['prior'], r['samples']
+    ep = {k: c['epochs_trained'] for k, c in r['checkpoints'].items()}
     rows = [
-        ('VQ-VAE', f'held-out images', f'{v["n_images"]}'),
+        ('VQ-VAE', 'epochs trained', f'{ep["vqvae"]}'),
+        ('', 'held-out images', f'{v["n_images"]}'),
         ('', 'MSE', f'{v["mse"]:.5f}'),
         ('', 'PSNR (dB)', f'{v["psnr"]:.2f}'),
         ('', 'SSIM', f'{v["ssim"]:.4f}'),
         ('', 'codes used', f'{v["codes_used"]}/{v["n_embedding"]}'),
         ('', 'perplexity', f'{v["perplexity"]:.2f}'),
-        ('prior', 'NLL (nats/latent)', f'{p["nll_nats_per_latent"]:.4f}'),
+        ('prior', 'epochs trained', f'{ep["gen_model"]}'),
+        ('', 'NLL (nats/latent)', f'{p["nll_nats_per_latent"]:.4f}'),
         ('', 'uniform prior (log K)', f'{p["uniform_nats_per_latent"]:.4f}'),
         ('', 'bits/dim', f'{p["bits_per_dim"]:.4f}'),
         ('samples', 'n', f'{s["n_samples"]}'),
