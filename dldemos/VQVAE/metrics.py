@@ -1,6 +1,9 @@
 """Held-out measures shared by training (per epoch) and evaluate.py."""
 import math
+import warnings
 
+import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -20,13 +23,29 @@ def perplexity(counts):
     return float(entropy.exp())
 
 
+def ssim(x, y):
+    """SSIM of each image pair in [0, 1]: [N] (Wang et al. 2004: 11x11
+    Gaussian window, sigma 1.5, K1 0.01, K2 0.03, mean over channels)."""
+    # torchmetrics is imported here, not at the top: it takes seconds to
+    # import and only evaluate.py needs SSIM.
+    from torchmetrics.functional.image import \
+        structural_similarity_index_measure
+    return structural_similarity_index_measure(
+        x.float(), y.float(), gaussian_kernel=True, sigma=1.5, kernel_size=11,
+        data_range=1.0, k1=0.01, k2=0.03, reduction='none')
+
+
 @torch.no_grad()
-def vqvae_heldout(vqvae, dataloader, device, max_images=None):
-    """MSE / PSNR of clipped reconstructions and code usage on held-out data."""
+def vqvae_heldout(vqvae, dataloader, device, max_images=None,
+                  with_ssim=False, on_batch=None):
+    """MSE / PSNR of clipped reconstructions and code usage on held-out data.
+
+    with_ssim adds the mean SSIM; on_batch(x, x_hat) sees every batch (e.g. to
+    collect classifier features of the reconstructions)."""
     was_training = vqvae.training
     vqvae.eval()
     counts = torch.zeros(vqvae.vq_embedding.num_embeddings, dtype=torch.long)
-    se, n_pixels, n_images = 0.0, 0, 0
+    se, ssim_sum, n_pixels, n_images = 0.0, 0.0, 0, 0
     for x in dataloader:
         if max_images is not None and n_images >= max_images:
             break
@@ -36,16 +55,23 @@ def vqvae_heldout(vqvae, dataloader, device, max_images=None):
         codes = vqvae.encode(x)  # [N, h, w]
         x_hat = vqvae.decode(codes).float().clip(0, 1)  # [N, C, H, W]
         se += float(((x_hat - x)**2).sum())
+        if with_ssim:
+            ssim_sum += float(ssim(x_hat, x).sum())
+        if on_batch is not None:
+            on_batch(x, x_hat)
         n_pixels += x.numel()
         n_images += x.shape[0]
         counts += torch.bincount(codes.flatten().cpu(),
                                  minlength=counts.numel())
     vqvae.train(was_training)
     mse = se / max(n_pixels, 1)
-    return {'mse': mse, 'psnr': psnr_from_mse(mse),
-            'codes_used': int((counts > 0).sum()),
-            'perplexity': perplexity(counts), 'n_images': n_images,
-            'code_counts': counts}
+    out = {'mse': mse, 'psnr': psnr_from_mse(mse),
+           'codes_used': int((counts > 0).sum()),
+           'perplexity': perplexity(counts), 'n_images': n_images,
+           'code_counts': counts}
+    if with_ssim:
+        out['ssim'] = ssim_sum / max(n_images, 1)
+    return out
 
 
 @torch.no_grad()
@@ -63,3 +89,56 @@ def prior_nll(gen_model, code_batches, device):
     gen_model.train(was_training)
     return {'nll_nats_per_latent': total / max(n_latents, 1),
             'n_images': n_images}
+
+
+def bits_per_dim(nll_nats_per_latent, latent_hw, img_shape):
+    """Total bits of an image's codes spread over its C*H*W pixel values."""
+    h, w = latent_hw
+    C, H, W = img_shape
+    return nll_nats_per_latent * h * w / (math.log(2) * C * H * W)
+
+
+def feature_stats(features):
+    """Mean [D] and covariance [D, D] (float64) of features [N, D]."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f'need features [N >= 2, D], got {f.shape}')
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _sqrtm(a, strict=True):
+    """scipy's matrix square root; None when a is singular and strict."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('error' if strict else 'ignore',
+                              scipy.linalg.LinAlgWarning)
+        try:
+            root = scipy.linalg.sqrtm(a)
+        except scipy.linalg.LinAlgWarning:
+            return None
+    return root if not strict or np.isfinite(root).all() else None
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """Squared Frechet distance of N(mu1, sigma1) and N(mu2, sigma2):
+    |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+    This is FID when the statistics are Inception features."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if covmean is None:
+        # singular product (fewer samples than dimensions): nudge both
+        # covariances towards the identity so the root exists
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset), strict=False)
+    # rounding gives the root of a PSD product a tiny imaginary part
+    covmean = np.real(covmean)
+    d = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - \
+        2 * np.trace(covmean)
+    return float(max(d, 0.0))
+
+
+def frechet_distance_of(features1, features2):
+    """Frechet distance between two feature sets [N1, D], [N2, D]."""
+    return frechet_distance(*feature_stats(features1),
+                            *feature_stats(features2))
