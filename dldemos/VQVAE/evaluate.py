@@ -21,7 +21,6 @@ import sys
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
