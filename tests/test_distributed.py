@@ -161,7 +161,7 @@ def test_pixelcnn_launcher_2_processes(tiny_data_root, tmp_path):
     _, init = main_mod.build_models(cfg)
     init_state = {k: v.clone() for k, v in init.state_dict().items()}
     codes = load_file(cache_path(str(tmp_path / 'ddp' / cfg['vqvae_path']),
-                                 'train'))['codes'].long()  # [2B, h, w]
+                                 'train', 2 * B))['codes'].long()  # [2B, h, w]
     assert codes.shape[0] == 2 * B
     with torch.no_grad():
         logits = init(codes)  # [2B, K, h, w]

@@ -23,8 +23,11 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def cache_path(ckpt_path, split):
-    return f'{os.path.splitext(ckpt_path)[0]}.codes_{split}.pt'
+def cache_path(ckpt_path, split, subset=None):
+    """One file per (split, subset), so training's per-epoch held-out check
+    and evaluate.py, which read different subsets, do not evict each other."""
+    part = split if subset is None else f'{split}{subset}'
+    return f'{os.path.splitext(ckpt_path)[0]}.codes_{part}.pt'
 
 
 def code_dtype(n_embedding):
@@ -47,7 +50,7 @@ def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None):
 
     Rank 0 builds the cache; other ranks wait at a barrier, then read it.
     """
-    path = cache_path(ckpt_path, key.get('split', 'train'))
+    path = cache_path(ckpt_path, key.get('split', 'train'), key.get('subset'))
     key = dict(key, vqvae_sha256=file_sha256(ckpt_path))
     if is_main():
         cached = load_file(path, 'code cache') if os.path.exists(path) \
