@@ -13,6 +13,9 @@ from PIL import Image
 # cores are shared its spin-waits make them 10-40x slower. Subprocesses
 # (torchrun, main.py) inherit the setting through the environment.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+# The suite is a CPU suite (exact-equality checks assume fp32 CPU kernels);
+# on a GPU machine keep it, and the subprocesses it starts, off the GPU.
+os.environ['CUDA_VISIBLE_DEVICES'] = ''
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -200,10 +200,11 @@ def test_resume_without_resume_point_or_with_a_plain_file(tmp_path):
     (4, 'lr', True),           # mid-epoch, batches unchanged
     (4, 'batch_size', False),  # mid-epoch, other batches: refused
     (4, 'train_subset', False),
+    (4, 'seed', False),        # the seed decides the shuffled order
 ])
 def test_mid_epoch_resume_refuses_changed_batches(tmp_path, step, key, ok):
     path = str(tmp_path / 'm.pth')
-    cfg = {'batch_size': 16, 'train_subset': None, 'lr': 1e-3}
+    cfg = {'batch_size': 16, 'train_subset': None, 'lr': 1e-3, 'seed': 0}
     model, opt = make_trained(0)
     save_training_state(path, model, opt, cfg, epoch=1, step=step)
     changed = dict(cfg, **{key: 32})
@@ -212,3 +213,15 @@ def test_mid_epoch_resume_refuses_changed_batches(tmp_path, step, key, ok):
     else:
         with pytest.raises(CheckpointError, match=f'{key} .* -> 32'):
             load_training_state(path, model, opt, changed)
+
+
+def test_mid_epoch_resume_refuses_another_number_of_processes(tmp_path,
+                                                             monkeypatch):
+    # each rank's shard of an epoch depends on the world size
+    from dldemos.VQVAE import checkpoint
+    path = str(tmp_path / 'm.pth')
+    model, opt = make_trained(0)
+    save_training_state(path, model, opt, {}, epoch=1, step=4)
+    monkeypatch.setattr(checkpoint, 'get_world_size', lambda: 2)
+    with pytest.raises(CheckpointError, match='processes 1 -> 2'):
+        load_training_state(path, model, opt, {})

@@ -37,8 +37,9 @@ def run_main(data_root, work_dir, cfg_id, options, stages='1,2,3,4',
     vq_main.main(argv)
 
 
-def resolved_cfg(cfg_id, options):
-    return apply_overrides(get_cfg(cfg_id), options)
+def resolved_cfg(cfg_id, options, seed=0):
+    """The config a run resolves: overrides applied, its --seed recorded."""
+    return dict(apply_overrides(get_cfg(cfg_id), options), seed=seed)
 
 
 def load_state(path):
@@ -111,7 +112,7 @@ def test_mnist_all_stages(mnist_run):
         assert img.size == (4 * 2 * 28, 4 * 28)
     log_v = read_jsonl(mnist_run / 'log_vqvae.jsonl')
     assert all(math.isfinite(r['test_psnr']) for r in log_v)
-    assert (mnist_run / 'model_mnist_quick.codes_train.pt').is_file()
+    assert (mnist_run / 'model_mnist_quick.codes_train64.pt').is_file()
 
 
 def test_celebahq_all_stages(tiny_data_root, tmp_path):
@@ -153,7 +154,7 @@ def test_prior_without_code_cache_matches_cached(mnist_run, tiny_data_root,
     shutil.copy(mnist_run / cfg['vqvae_path'], tmp_path / cfg['vqvae_path'])
     run_main(tiny_data_root, tmp_path, 5, MNIST_TINY + ['use_code_cache=0'],
              stages='3')
-    assert not (tmp_path / 'model_mnist_quick.codes_train.pt').exists()
+    assert not (tmp_path / 'model_mnist_quick.codes_train64.pt').exists()
     ref = load_state(mnist_run / cfg['gen_model_path'])
     got = load_state(tmp_path / cfg['gen_model_path'])
     for k in ref:
@@ -236,6 +237,7 @@ def test_missing_image_folder_exits_2(tmp_path, capsys, make):
     'save_every=0', 'n_sample=0', 'top_k=0', 'batch_size=0',
     'batch_size_2=-1', 'dim=None', 'lr=None', 'lr=0', 'temperature=-1',
     'n_epochs=-1', 'train_subset=0', 'eval_subset=-5', 'n_embedding=0',
+    'sampler=cachd', 'dataset_type=Foo',
 ])
 def test_out_of_range_values_exit_2(tiny_data_root, tmp_path, capsys,
                                     option):

@@ -13,6 +13,8 @@ import random
 import numpy as np
 import torch
 
+from dldemos.dist_utils import get_world_size
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model."""
@@ -107,7 +109,7 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
              'epoch': int(epoch), 'step': int(step),
              'sums': [] if sums is None else [float(v) for v in sums],
              'rng': rng_state() if rng is None else rng,
-             'config': plain(cfg)}
+             'config': plain(cfg), 'world_size': get_world_size()}
     save_atomic(state, resume_path(ckpt_path))
     save_atomic(state['model'], ckpt_path)
 
@@ -157,13 +159,16 @@ RESUME_KEYS = ('model', 'optimizer', 'epoch', 'step', 'sums', 'rng')
 # config keys that decide which images each batch of an epoch holds: a
 # mid-epoch resume point is only valid if they are unchanged
 ORDER_KEYS = ('dataset_type', 'batch_size', 'batch_size_2', 'train_subset',
-              'use_code_cache')
+              'use_code_cache', 'seed')
 
 
 def check_batch_order(state, cfg, path):
     saved = state.get('config', {})
     changed = [f'{k} {saved[k]!r} -> {plain(cfg[k])!r}' for k in ORDER_KEYS
                if k in saved and k in cfg and saved[k] != plain(cfg[k])]
+    if state.get('world_size', 1) != get_world_size():  # shards differ
+        changed.append(f'processes {state.get("world_size", 1)} -> '
+                       f'{get_world_size()}')
     if state['step'] and changed:
         raise CheckpointError(
             f'{path} stopped mid-epoch and the batches changed since '

@@ -12,11 +12,9 @@ import sys
 
 from dldemos.dist_utils import (barrier, cleanup_distributed, get_world_size,
                                 is_main, setup_distributed)
-from dldemos.VQVAE.checkpoint import CheckpointError
 from dldemos.VQVAE.dataset import get_dataset
-from dldemos.VQVAE.main import NonFiniteLoss
-from dldemos.VQVAE.runtime import (Interrupted, UsageError, add_common_args,
-                                   load_cfg, log, prepare_work_dir,
+from dldemos.VQVAE.runtime import (UsageError, add_common_args, load_cfg, log,
+                                   prepare_work_dir, report_errors,
                                    seed_everything)
 
 
@@ -53,8 +51,9 @@ def launch(train, description, argv=None):
     train(cfg, device, args), and tear the group down however it ends."""
     argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
     args = build_parser(description).parse_args(argv[1:])
-    code = 0
-    try:
+    rank = int(os.environ.get('RANK', 0))
+
+    def start_and_train():
         if 'RANK' not in os.environ:
             raise UsageError('not launched by torchrun: run '
                              f'`torchrun --nproc_per_node=N {argv[0]} ...`')
@@ -64,17 +63,10 @@ def launch(train, description, argv=None):
         prepare_work_dir(args.work_dir, cfg, argv)
         seed_everything(args.seed)  # + rank: each rank its own stream
         train(cfg, device, args)
-    except Interrupted as e:
-        if is_main():
-            print(e, file=sys.stderr)
-        code = 130
-    except (UsageError, CheckpointError, NonFiniteLoss) as e:
-        if args.debug:
-            raise
-        rank = int(os.environ.get('RANK', 0))
-        print(f'error{f" (rank {rank})" if rank else ""}: {e}',
-              file=sys.stderr)
-        code = 2
+
+    try:
+        code = report_errors(start_and_train, args.debug,
+                             f'error (rank {rank})' if rank else 'error')
     finally:
         cleanup_distributed()
     if code:

@@ -29,14 +29,14 @@ from dldemos.VQVAE import mnist_classifier
 from dldemos.VQVAE.checkpoint import (CheckpointError, load_file, load_model,
                                       plain, resume_path)
 from dldemos.VQVAE.code_cache import file_sha256
-from dldemos.VQVAE.main import (build_models, code_loader, image_loader,
-                                save_grid)
+from dldemos.VQVAE.main import build_models, code_loader, image_loader
+from dldemos.VQVAE.plots import save_grid
 from dldemos.VQVAE.metrics import (bits_per_dim, feature_stats,
                                    frechet_distance, prior_nll, vqvae_heldout)
 from dldemos.VQVAE.runtime import (UsageError, add_common_args, ckpt_path,
-                                   load_cfg, log, pick_device,
+                                   load_cfg, log, pick_device, report_errors,
                                    seed_everything, timer)
-from dldemos.VQVAE.sampling import sample_codes
+from dldemos.VQVAE.sampling import sample_images
 
 
 # ----------------------------------------------------------------- features
@@ -167,16 +167,10 @@ def code_usage_png(counts, path, title):
 @torch.no_grad()
 def generate(vqvae, gen_model, cfg, n, device, seed, batch_size):
     """n images [n, C, H, W] in [0, 1] sampled with cfg's sampler."""
-    h, w = vqvae.get_latent_HW(tuple(cfg['img_shape']))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    imgs = []
-    for i in range(0, n, batch_size):
-        codes = sample_codes(gen_model, min(batch_size, n - i), h, w, device,
-                             cfg['sampler'], temperature=cfg['temperature'],
-                             top_k=cfg['top_k'],
-                             generator=generator)  # [b, h, w]
-        imgs.append(vqvae.decode(codes).float().clip(0, 1).cpu())
-    return torch.cat(imgs)
+    imgs = sample_images(vqvae, gen_model, cfg['img_shape'], n, device,
+                         cfg['sampler'], cfg['temperature'], cfg['top_k'],
+                         seed, batch_size)
+    return imgs.clip(0, 1).cpu()
 
 
 def evaluate(cfg, device, work_dir, data_root, seed=0, n_samples=None,
@@ -385,13 +379,9 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UsageError, CheckpointError) as e:
-        if args.debug:
-            raise
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    code = report_errors(lambda: run(args), args.debug)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
 from dldemos.VQVAE import code_cache
-from dldemos.VQVAE.checkpoint import (CheckpointError, load_model,
-                                      load_training_state, resume_path,
+from dldemos.VQVAE.checkpoint import (load_model, load_training_state,
+                                      resume_path,
                                       rng_state, save_training_state)
 from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
@@ -42,16 +42,12 @@ from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
                                  preview_samples, save_grid,
                                  update_loss_plot)
-from dldemos.VQVAE.runtime import (Interrupted, StopFlag, UsageError,
-                                   add_common_args, append_jsonl, ckpt_path,
-                                   load_cfg, log, pick_device,
-                                   prepare_work_dir, seed_everything,
-                                   start_jsonl, timer)
-from dldemos.VQVAE.sampling import sample_codes
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
+from dldemos.VQVAE.runtime import (Interrupted, NonFiniteLoss, StopFlag,
+                                   UsageError, add_common_args, append_jsonl,
+                                   ckpt_path, load_cfg, log, pick_device,
+                                   prepare_work_dir, report_errors,
+                                   seed_everything, start_jsonl, timer)
+from dldemos.VQVAE.sampling import sample_images
 
 
 # ----------------------------------------------------------------- helpers
@@ -99,9 +95,13 @@ def autocast(cfg, device):
 
 
 def stop_requested(stop, device):
-    """True on every rank once any rank got a signal, so all stop together."""
+    """True on every rank once any rank got a signal, so all stop together.
+    In one process no tensor is made: a host-to-GPU copy per step would
+    make the CPU wait for the GPU."""
+    if not is_dist():
+        return bool(stop)
     flag = torch.tensor([float(bool(stop))], device=device)
-    return bool(all_reduce_sum(flag) > 0) if is_dist() else bool(stop)
+    return bool(all_reduce_sum(flag) > 0)
 
 
 def progress(loader, e, n_epochs, name, done=0, total=None):
@@ -147,7 +147,13 @@ def resume_or_start(path, model, optimizer, resume, what, cfg):
 
 def stop_with_resume_point(path, model, optimizer, cfg, epoch, step, sums,
                            rng, what):
-    """A signal arrived: save where to go on from, then stop cleanly."""
+    """A signal arrived: save where to go on from, then stop cleanly.
+
+    `sums` (this rank's running sums) are summed over the ranks first, so the
+    resume point holds the global sums and every rank sees the same check.
+    """
+    if len(sums):
+        sums = all_reduce_sum(sums).tolist()
     check_finite(sums, what, path)  # never replace good weights by NaNs
     if is_main():
         save_training_state(path, model, optimizer, cfg, epoch, step, sums,
@@ -202,7 +208,8 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
             # sum over samples of: loss, reconstruction, embedding,
             # commitment, and the sample count
             sums = torch.zeros(5, device=device)
-            if skip:
+            one = torch.ones((), device=device)  # counts samples in sums
+            if skip and is_main():  # saved sums are global: add them once
                 sums += torch.tensor(start_sums, device=device)
             bar = progress(remaining_batches(dataloader, sampler, skip), e,
                            n_epochs, 'vqvae', skip, len(dataloader))
@@ -223,7 +230,7 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                 sums += torch.stack([loss.detach(), l_reconstruct.detach(),
                                      l_embedding.detach(),
                                      l_commitment.detach(),
-                                     loss.new_tensor(1.0)]) * n
+                                     one]) * n
                 n_seen += n
                 if is_main() and step % 20 == 0:
                     # distinct codes in this batch: few means a dying codebook
@@ -236,7 +243,7 @@ def train_vqvae(vqvae: VQVAE, cfg, device, work_dir='work_dirs',
                         img_s=f'{n_seen / (timer() - epoch_tic):.0f}')
                 if stop_requested(stop, device):
                     stop_with_resume_point(path, vqvae, optimizer, cfg, e,
-                                           step + 1, sums.tolist(),
+                                           step + 1, sums,
                                            epoch_rng, 'VQ-VAE')
             # the true mean over every sample on every rank
             totals = all_reduce_sum(sums)
@@ -281,11 +288,7 @@ def reconstruct(model, x, device, dataset_type='MNIST',
     """Originals and reconstructions side by side (left, right)."""
     model.to(device)
     model.eval()
-    x = x.to(device)
-    with torch.no_grad():
-        x_hat, _, _ = model(x)
-    x_cat = torch.concat((x, x_hat.float()), 3)  # [N, C, H, 2W]
-    save_grid(x_cat, out_path, dataset_type)
+    preview_reconstruction(model, x.to(device), out_path, dataset_type)
 
 
 # ----------------------------------------------------------------- stage 3
@@ -308,8 +311,9 @@ def code_loader(vqvae, cfg, device, work_dir, data_root, seed, split,
         device, lambda it: tqdm(it, desc=f'encoding {split} set',
                                 leave=False, disable=not is_main()))
     dataset = torch.utils.data.TensorDataset(codes)
+    # only training is sharded: held-out codes are scored whole by rank 0
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed,
-                                 **({} if is_dist() else
+                                 **({} if is_dist() and shuffle else
                                     {'num_replicas': 1, 'rank': 0}))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     return loader, sampler
@@ -357,7 +361,8 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
             epoch_rng = rng_state()  # see train_vqvae
             epoch_tic, n_seen = timer(), 0
             sums = torch.zeros(2, device=device)  # loss sum, sample count
-            if skip:
+            one = torch.ones((), device=device)
+            if skip and is_main():  # saved sums are global: add them once
                 sums += torch.tensor(start_sums, device=device)
             bar = progress(remaining_batches(dataloader, sampler, skip), e,
                            n_epochs, 'pixelcnn', skip, len(dataloader))
@@ -365,7 +370,7 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                 if cfg['use_code_cache']:
                     x = batch[0].to(device, non_blocking=True).long()
                 else:
-                    with torch.no_grad(), autocast(cfg, device):
+                    with torch.no_grad():  # fp32, like the code cache
                         x = vqvae.encode(batch.to(device, non_blocking=True))
                 with autocast(cfg, device):
                     predict_x = model(x)  # [N, K, h, w]
@@ -374,7 +379,7 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                 loss.backward()
                 optimizer.step()
                 n = x.shape[0]
-                sums += torch.stack([loss.detach(), loss.new_tensor(1.0)]) * n
+                sums += torch.stack([loss.detach(), one]) * n
                 n_seen += n
                 if is_main() and step % 20 == 0:
                     bar.set_postfix(
@@ -382,7 +387,7 @@ def train_generative_model(vqvae: VQVAE, model, cfg, device,
                         img_s=f'{n_seen / (timer() - epoch_tic):.0f}')
                 if stop_requested(stop, device):
                     stop_with_resume_point(path, gen_model, optimizer, cfg, e,
-                                           step + 1, sums.tolist(),
+                                           step + 1, sums,
                                            epoch_rng, 'PixelCNN')
             totals = all_reduce_sum(sums)
             mean = float(totals[0] / totals[1])
@@ -433,19 +438,10 @@ def sample_imgs(vqvae: VQVAE,
     vqvae = vqvae.to(device)
     vqvae.eval()
     gen_model = gen_model.to(device)
-    gen_model.eval()
-    C, H, W = img_shape
-    H, W = vqvae.get_latent_HW((C, H, W))
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    x = sample_codes(gen_model, n_sample, H, W, device, sampler,
-                     temperature=temperature, top_k=top_k,
-                     generator=generator)  # [n_sample, H, W]
-    with torch.no_grad():
-        imgs = vqvae.decode(x)  # [n_sample, C, 4H, 4W]
+    imgs = sample_images(vqvae, gen_model, img_shape, n_sample, device,
+                         sampler, temperature, top_k, seed)
     save_grid(imgs, out_path, dataset_type)
-    return x
+    return imgs
 
 
 # ----------------------------------------------------------------- main
@@ -530,21 +526,9 @@ def run(args, argv):
 def main(argv=None):
     argv = sys.argv if argv is None else ['main.py'] + list(argv)
     args = build_parser().parse_args(argv[1:])
-    try:
-        run(args, argv)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:  # outside the training loops, or a 2nd Ctrl-C
-        if args.debug:
-            raise
-        print('interrupted', file=sys.stderr)
-        sys.exit(130)
-    except (UsageError, CheckpointError, NonFiniteLoss) as e:
-        if args.debug:
-            raise
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    code = report_errors(lambda: run(args, argv), args.debug)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dldemos.VQVAE.runtime import UsageError, read_jsonl
-from dldemos.VQVAE.sampling import sample_codes
+from dldemos.VQVAE.sampling import sample_images
 
 LOSS_PLOT = 'loss_curves.png'
 PREVIEW_DIR = 'previews'
@@ -127,12 +127,10 @@ def preview_samples(vqvae, gen_model, cfg, path, seed, device):
     """A few samples of the prior decoded by the VQ-VAE. A private generator
     with a fixed seed draws them, so the training RNG stream is untouched and
     each epoch's grid starts from the same random numbers."""
-    H, W = vqvae.get_latent_HW(tuple(cfg['img_shape']))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    codes = sample_codes(gen_model, cfg['n_preview'], H, W, device,
-                         cfg['sampler'], temperature=cfg['temperature'],
-                         top_k=cfg['top_k'], generator=generator)  # [N, H, W]
-    save_grid(vqvae.decode(codes).float(), path, cfg['dataset_type'])
+    imgs = sample_images(vqvae, gen_model, cfg['img_shape'], cfg['n_preview'],
+                         device, cfg['sampler'], cfg['temperature'],
+                         cfg['top_k'], seed)
+    save_grid(imgs, path, cfg['dataset_type'])
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dldemos.dist_utils import get_rank, is_main
-from dldemos.VQVAE.checkpoint import plain
+from dldemos.VQVAE.checkpoint import CheckpointError, plain
 from dldemos.VQVAE.configs import get_cfg
 
 
@@ -122,6 +122,13 @@ def check_ranges(cfg):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool)
                 and v > 0):
             raise UsageError(f'{k}={v!r}: use a number > 0')
+    # names that are only looked up late (at the first sample or load)
+    from dldemos.VQVAE.dataset import DATASET_TYPES
+    from dldemos.VQVAE.sampling import SAMPLERS
+    for k, valid in (('sampler', SAMPLERS), ('dataset_type', DATASET_TYPES)):
+        if cfg[k] not in valid:
+            raise UsageError(f'{k}={cfg[k]!r}: use one of '
+                             f'{", ".join(valid)}')
 
 
 def load_cfg(args):
@@ -130,6 +137,9 @@ def load_cfg(args):
     except ValueError as e:
         raise UsageError(str(e)) from None
     cfg = apply_overrides(cfg, args.cfg_options)
+    # recorded with the config (config.json, resume points): it decides the
+    # data order, so a mid-epoch resume must use the same one
+    cfg['seed'] = args.seed
     check_ranges(cfg)
     check_img_shape(cfg)
     return cfg
@@ -245,6 +255,33 @@ class StopFlag:
 
 class Interrupted(Exception):
     """Training stopped by a signal after saving a resume point."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def report_errors(fn, debug=False, label='error'):
+    """Run fn() for a command-line entry point and return its exit code:
+    0, 130 after a stop (Ctrl-C / SIGTERM), or 2 after bad input, said in one
+    line (`debug` re-raises for the traceback instead)."""
+    try:
+        fn()
+        return 0
+    except Interrupted as e:
+        if is_main():
+            print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside the training loops, or a 2nd Ctrl-C
+        if debug:
+            raise
+        print('interrupted', file=sys.stderr)
+        return 130
+    except (UsageError, CheckpointError, NonFiniteLoss) as e:
+        if debug:
+            raise
+        print(f'{label}: {e}', file=sys.stderr)
+        return 2
 
 
 def timer():

@@ -56,3 +56,23 @@ def sample_codes(gen_model, n, H, W, device, sampler='cached', **kwargs):
         return SAMPLERS[sampler](gen_model, n, H, W, device, **kwargs)
     finally:
         gen_model.train(was_training)
+
+
+@torch.no_grad()
+def sample_images(vqvae, gen_model, img_shape, n, device, sampler='cached',
+                  temperature=1.0, top_k=None, seed=None, batch_size=None):
+    """n new images [n, C, H, W] (float, on device): codes drawn from the
+    prior, decoded by the VQ-VAE. With `seed`, a private generator draws them,
+    so the global RNG (and a training run using it) is left untouched."""
+    H, W = vqvae.get_latent_HW(tuple(img_shape))
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    batch_size = batch_size or n
+    imgs = []
+    for i in range(0, n, batch_size):
+        codes = sample_codes(gen_model, min(batch_size, n - i), H, W, device,
+                             sampler, temperature=temperature, top_k=top_k,
+                             generator=generator)  # [b, H, W]
+        imgs.append(vqvae.decode(codes).float())  # [b, C, 4H, 4W]
+    return torch.cat(imgs)
