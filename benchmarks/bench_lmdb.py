@@ -14,7 +14,6 @@ disk. Reports the best of --repeats passes and the LMDB / folder ratio.
 """
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from dldemos.lmdb_loader import LMDBImageDataset, folder_to_lmdb, \
     open_readonly
 from dldemos.VQVAE.dataset import CelebADataset, list_images
+from dldemos.VQVAE.runtime import cpu_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FOLDER = os.path.join(REPO, '..', 'shared', 'data', 'celebA',
@@ -77,14 +77,8 @@ def images_per_s(dataset, workers, batch_size, repeats):
 
 
 def device_line():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f
-                       if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return (f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, '
+    return (f'{cpu_name()}, {os.cpu_count()} cores, '
+            f'torch {torch.__version__}, '
             f'{torch.get_num_threads()} threads')
 
 

@@ -1,7 +1,6 @@
 """Shared by the benchmark scripts: device, timing, memory, the table."""
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -12,6 +11,8 @@ import torch
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 if REPO not in sys.path:  # run as `python benchmarks/x.py`
     sys.path.insert(0, REPO)
+
+from dldemos.VQVAE.runtime import cpu_name  # noqa: E402 (needs REPO)
 
 
 def base_parser(description):
@@ -43,7 +44,7 @@ def describe(device):
     if device.type == 'cuda':
         return (f'{torch.cuda.get_device_name(device)} (torch '
                 f'{torch.__version__}, CUDA {torch.version.cuda})')
-    return (f'CPU {platform.processor() or platform.machine()}, '
+    return (f'CPU {cpu_name()}, '
             f'{torch.get_num_threads()} threads (torch {torch.__version__})')
 
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
@@ -34,8 +33,8 @@ from dldemos.VQVAE.plots import save_grid
 from dldemos.VQVAE.metrics import (bits_per_dim, feature_stats,
                                    frechet_distance, prior_nll, vqvae_heldout)
 from dldemos.VQVAE.runtime import (UsageError, add_common_args, ckpt_path,
-                                   load_cfg, log, pick_device, report_errors,
-                                   seed_everything, timer)
+                                   cpu_name, load_cfg, log, pick_device,
+                                   report_errors, seed_everything, timer)
 from dldemos.VQVAE.sampling import sample_images
 
 
@@ -139,14 +138,7 @@ def hardware(device):
     """The device in words, for the README's results table."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next(line.split(':', 1)[1].strip() for line in f
-                        if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return f'{name}, {torch.get_num_threads()} threads'
+    return f'{cpu_name()}, {torch.get_num_threads()} threads'
 
 
 

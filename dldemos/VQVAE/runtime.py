@@ -3,6 +3,7 @@ seeding, output paths, logs and stopping on a signal."""
 import ast
 import json
 import os
+import platform
 import signal
 import sys
 import time
@@ -151,6 +152,19 @@ def pick_device(args):
     if torch.cuda.is_available():
         return torch.device(f'cuda:{args.d}')
     return torch.device('cpu')
+
+
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo where there is one), for the
+    hardware lines of results and benchmarks."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next(line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return name
 
 
 def seed_everything(seed):
