@@ -14,10 +14,7 @@ import numpy as np
 import torch
 
 from dldemos.dist_utils import get_world_size
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model."""
+from dldemos.errors import CheckpointError
 
 
 def save_atomic(obj, path):

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
-from dldemos.VQVAE.runtime import UsageError
+from dldemos.errors import DataError
 
 DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
@@ -38,10 +38,6 @@ DOWNLOAD_HINTS = {
     'CelebA': 'download img_align_celeba.zip from '
     'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and unpack its images',
 }
-
-
-class DataError(UsageError):
-    """The dataset is missing, empty or unreadable (one-line error)."""
 
 
 def warn(msg):

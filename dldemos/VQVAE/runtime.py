@@ -12,12 +12,10 @@ import numpy as np
 import torch
 
 from dldemos.dist_utils import get_rank, is_main
-from dldemos.VQVAE.checkpoint import CheckpointError, plain
+from dldemos.errors import (Interrupted, NonFiniteLoss,  # noqa: F401
+                            UsageError, report_errors)
+from dldemos.VQVAE.checkpoint import plain
 from dldemos.VQVAE.configs import get_cfg
-
-
-class UsageError(ValueError):
-    """Bad input from the user: reported as one line, exit code 2."""
 
 
 def add_common_args(parser):
@@ -265,37 +263,6 @@ class StopFlag:
 
     def __bool__(self):
         return self.signum is not None
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving a resume point."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-def report_errors(fn, debug=False, label='error'):
-    """Run fn() for a command-line entry point and return its exit code:
-    0, 130 after a stop (Ctrl-C / SIGTERM), or 2 after bad input, said in one
-    line (`debug` re-raises for the traceback instead)."""
-    try:
-        fn()
-        return 0
-    except Interrupted as e:
-        if is_main():
-            print(e, file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # outside the training loops, or a 2nd Ctrl-C
-        if debug:
-            raise
-        print('interrupted', file=sys.stderr)
-        return 130
-    except (UsageError, CheckpointError, NonFiniteLoss) as e:
-        if debug:
-            raise
-        print(f'{label}: {e}', file=sys.stderr)
-        return 2
 
 
 def timer():
