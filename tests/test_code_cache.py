@@ -7,8 +7,10 @@ import torch
 
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.main import (build_models, code_loader,
-                                train_generative_model, train_vqvae)
+from dldemos.VQVAE.build import build_models
+from dldemos.VQVAE.context import RunContext
+from dldemos.VQVAE.loaders import code_loader
+from dldemos.VQVAE.main import train_generative_model, train_vqvae
 from dldemos.VQVAE.model import VQVAE
 
 
@@ -31,8 +33,9 @@ def save_vqvae(cfg, seed):
 
 
 def cached_codes(vqvae, cfg, root, tmp_path):
-    loader, _ = code_loader(vqvae, cfg, torch.device('cpu'), str(tmp_path),
-                            str(root), 0, 'train', None, False, 16)
+    ctx = RunContext(cfg, torch.device('cpu'), str(tmp_path), str(root), 0)
+    loader, _ = code_loader(ctx, vqvae, 'train', shuffle=False,
+                            batch_size=16)
     return torch.cat([b[0] for b in loader])
 
 
@@ -82,8 +85,8 @@ def test_prior_from_cache_matches_encoding_every_batch(tiny_data_root,
         vqvae = save_vqvae(cfg, 0)
         torch.manual_seed(1)
         _, prior = build_models(cfg)
-        train_generative_model(vqvae, prior, cfg, torch.device('cpu'),
-                               str(work), str(tiny_data_root), seed=3)
+        train_generative_model(vqvae, prior, RunContext(
+            cfg, torch.device('cpu'), str(work), str(tiny_data_root), 3))
         out[use_cache] = (losses(work), prior.state_dict())
         assert os.path.exists(code_cache.cache_path(
             cfg['vqvae_path'], 'train')) == use_cache
@@ -104,8 +107,8 @@ def test_speed_flags_do_not_change_cpu_results(tiny_data_root, tmp_path):
         cfg = tiny_cfg(work, **flags)
         torch.manual_seed(0)
         vqvae = VQVAE(1, cfg['dim'], cfg['n_embedding'])
-        train_vqvae(vqvae, cfg, torch.device('cpu'), str(work),
-                    str(tiny_data_root), seed=0)
+        train_vqvae(vqvae, RunContext(cfg, torch.device('cpu'), str(work),
+                                      str(tiny_data_root), 0))
         with open(work / 'log_vqvae.jsonl') as f:
             results.append((json.loads(f.readline())['loss'],
                             vqvae.state_dict()))

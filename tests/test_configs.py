@@ -2,8 +2,9 @@
 import pytest
 
 from dldemos.VQVAE.configs import DEFAULTS, cfgs, get_cfg
-from dldemos.VQVAE.runtime import (UsageError, apply_overrides, check_ranges,
-                                   parse_value)
+from dldemos.errors import UsageError
+from dldemos.VQVAE.config_check import (apply_overrides, check_ranges,
+                                        parse_value)
 
 # The tutorial's configs (its configs.py; the text states dim, n_embedding,
 # the CelebAHQ shapes and the PixelCNN sizes 15/128/32 and 15/384/256).

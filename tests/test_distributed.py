@@ -29,7 +29,8 @@ from dldemos.VQVAE.checkpoint import load_file, load_model
 from dldemos.VQVAE.code_cache import cache_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import get_dataset
-from dldemos.VQVAE.runtime import apply_overrides
+from dldemos.VQVAE.build import build_models
+from dldemos.VQVAE.config_check import apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = 8  # batch per rank; 2 ranks -> 2B training images, one step each
@@ -106,13 +107,13 @@ def test_vqvae_launcher_2_processes(tiny_data_root, tmp_path):
                   + [f'batch_size={2 * B}'])
 
     ckpt = tmp_path / 'ddp' / cfg['vqvae_path']
-    ddp_vqvae, _ = main_mod.build_models(cfg)
+    ddp_vqvae, _ = build_models(cfg)
     load_model(ddp_vqvae, str(ckpt))  # a plain, unwrapped state dict
     assert not any(k.startswith('module.') for k in load_file(str(ckpt)))
     assert not list((tmp_path / 'ddp').glob('.*tmp*'))  # atomic writes
 
     torch.manual_seed(0)  # what rank 0 (seed 0 + rank 0) built
-    init, _ = main_mod.build_models(cfg)
+    init, _ = build_models(cfg)
     init_state = {k: v.clone() for k, v in init.state_dict().items()}
     x = train_images(tiny_data_root)
     with torch.no_grad():
@@ -130,7 +131,7 @@ def make_vqvae_ckpt(cfg, data_root, path):
     """A VQ-VAE whose codebook is drawn from the encoder's outputs, so the
     images get varied codes (a fresh codebook maps almost all to one)."""
     torch.manual_seed(1)
-    vqvae, _ = main_mod.build_models(cfg)
+    vqvae, _ = build_models(cfg)
     with torch.no_grad():
         ze = vqvae.encoder(train_images(data_root))  # [2B, C, h, w]
         z = ze.permute(0, 2, 3, 1).reshape(-1, ze.shape[1])
@@ -154,11 +155,11 @@ def test_pixelcnn_launcher_2_processes(tiny_data_root, tmp_path):
                             str(tmp_path / 'single'), '--cfg-options'] + TINY
                   + [f'batch_size_2={2 * B}'])
 
-    _, ddp_gen = main_mod.build_models(cfg)
+    _, ddp_gen = build_models(cfg)
     load_model(ddp_gen, str(tmp_path / 'ddp' / cfg['gen_model_path']))
 
     torch.manual_seed(0)  # rank 0 built the VQ-VAE, then the prior
-    _, init = main_mod.build_models(cfg)
+    _, init = build_models(cfg)
     init_state = {k: v.clone() for k, v in init.state_dict().items()}
     codes = load_file(cache_path(str(tmp_path / 'ddp' / cfg['vqvae_path']),
                                  'train', 2 * B))['codes'].long()  # [2B, h, w]

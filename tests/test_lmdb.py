@@ -13,7 +13,7 @@ from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.dataset import (CELEBA_DIR, CELEBA_HQ_DIR, CelebADataset,
                                    celeba_transform, get_dataloader,
                                    get_dataset, list_images, to_lmdb)
-from dldemos.VQVAE.runtime import UsageError
+from dldemos.errors import UsageError
 
 
 @pytest.fixture(scope='module')

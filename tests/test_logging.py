@@ -7,7 +7,7 @@ from PIL import Image
 
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.plots import by_epoch, plot_losses
-from dldemos.VQVAE.runtime import append_jsonl, read_jsonl, start_jsonl
+from dldemos.VQVAE.logs import append_jsonl, read_jsonl, start_jsonl
 
 TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
         'train_subset=32', 'eval_subset=16', 'pixelcnn_n_blocks=2',

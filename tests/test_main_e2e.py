@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dldemos.VQVAE import main as vq_main
+from dldemos.VQVAE import epoch_runner, main as vq_main
+from dldemos.VQVAE.build import build_models
 from dldemos.VQVAE.checkpoint import resume_path
+from dldemos.VQVAE.config_check import apply_overrides
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.runtime import apply_overrides
 
 # config 5 shrunk so that all four stages take about a second
 MNIST_TINY = ['train_subset=64', 'eval_subset=32', 'n_sample=4',
@@ -69,7 +70,7 @@ def check_full_run(work_dir, cfg):
     for name in expected_files(cfg):
         assert (work_dir / name).is_file(), name
     # checkpoints reload strictly into the models the config builds
-    vqvae, gen_model = vq_main.build_models(cfg)
+    vqvae, gen_model = build_models(cfg)
     vqvae.load_state_dict(load_state(work_dir / cfg['vqvae_path']))
     gen_model.load_state_dict(load_state(work_dir / cfg['gen_model_path']))
     for key, n in (('vqvae_path', cfg['n_epochs']),
@@ -301,7 +302,7 @@ def test_stop_and_resume_equals_uninterrupted(uninterrupted_run,
     def stop_once(stop, device):  # as if SIGINT arrived during batch stop_at
         calls.append(1)
         return len(calls) == stop_at
-    monkeypatch.setattr(vq_main, 'stop_requested', stop_once)
+    monkeypatch.setattr(epoch_runner, 'stop_requested', stop_once)
     with pytest.raises(SystemExit) as e:
         run_main(tiny_data_root, tmp_path, 5, RESUME_OPTS)
     assert e.value.code == 130

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dldemos.VQVAE import main as main_mod
+from dldemos.VQVAE import epoch_runner, main as main_mod
 from dldemos.VQVAE.checkpoint import load_file, load_model, resume_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.model import VQVAE
-from dldemos.VQVAE.runtime import read_jsonl
+from dldemos.VQVAE.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 # config 5 shrunk to a few seconds on a CPU
@@ -89,7 +89,7 @@ def test_resume_from_mid_epoch_equals_straight_run(tiny_data_root, tmp_path,
         shutil.copy(straight / VQ, split / VQ)
     run_main(tiny_data_root, straight, stage, f'{key}=2')
     # 3 batches an epoch: stop after batch 2 of epoch 0
-    monkeypatch.setattr(main_mod, 'stop_requested', StopAt(2))
+    monkeypatch.setattr(epoch_runner, 'stop_requested', StopAt(2))
     with pytest.raises(SystemExit) as exit_info:
         run_main(tiny_data_root, split, stage, f'{key}=2')
     assert exit_info.value.code == 130

@@ -7,6 +7,7 @@ config, all as plain types so that `torch.load(..., weights_only=True)` reads
 it. Every file is written to a temp file and renamed into place.
 """
 import glob
+import hashlib
 import os
 import random
 
@@ -42,6 +43,16 @@ def save_atomic(obj, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def file_sha256(path):
+    """Identifies a checkpoint's exact weights (code caches and priors record
+    which VQ-VAE they were made from)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(folder):
@@ -93,7 +104,7 @@ def set_rng_state(state):
 
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
-                        sums=None, rng=None):
+                        sums=None, rng=None, provenance=None):
     """Write the model (plain state dict) and its resume point, atomically.
 
     Resuming starts at batch `step` of epoch `epoch` (step 0: a fresh epoch);
@@ -101,12 +112,15 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
     states to restore (default: now). The resume point holds its own copy of
     the weights and is written first, so a crash between the two writes
     cannot pair a resume point with weights from another step.
+    `provenance` records what the weights were trained on (the prior: which
+    VQ-VAE made its codes), so a stale resume point is recognised.
     """
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
              'epoch': int(epoch), 'step': int(step),
              'sums': [] if sums is None else [float(v) for v in sums],
              'rng': rng_state() if rng is None else rng,
-             'config': plain(cfg), 'world_size': get_world_size()}
+             'config': plain(cfg), 'world_size': get_world_size(),
+             'provenance': dict(provenance or {})}
     save_atomic(state, resume_path(ckpt_path))
     save_atomic(state['model'], ckpt_path)
 
@@ -173,11 +187,39 @@ def check_batch_order(state, cfg, path):
             'would otherwise repeat or skip images')
 
 
-def load_training_state(ckpt_path, model, optimizer, cfg=None):
+class StaleResumePoint(CheckpointError):
+    """The resume point was trained on something that has changed since."""
+
+
+def stale_provenance(saved, expected):
+    """The keys of `expected` whose recorded value differs ([] if none; a
+    resume point from before provenance was recorded counts as current)."""
+    saved = saved or {}
+    return [k for k, v in (expected or {}).items()
+            if k in saved and saved[k] != v]
+
+
+def read_provenance(ckpt_path):
+    """The provenance recorded in the resume point beside ckpt_path ({} when
+    there is none). Memory-mapped: only the small dict is read."""
+    path = resume_path(ckpt_path)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True,
+                           mmap=True)
+    except Exception:  # unreadable resume points are reported on resume
+        return {}
+    return state.get('provenance', {}) if isinstance(state, dict) else {}
+
+
+def load_training_state(ckpt_path, model, optimizer, cfg=None,
+                        provenance=None):
     """Restore model, optimizer and RNG; return (epoch, step, sums).
 
     With `cfg`, a mid-epoch resume point whose batches the config changed is
-    refused."""
+    refused. With `provenance`, one recorded with other values raises
+    StaleResumePoint before anything is restored."""
     path = resume_path(ckpt_path)
     if not os.path.isfile(path):
         raise CheckpointError(
@@ -189,6 +231,10 @@ def load_training_state(ckpt_path, model, optimizer, cfg=None):
         raise CheckpointError(f'{path} is not a resume point (no '
                               f'{", ".join(RESUME_KEYS)}); run without '
                               '--resume to start from scratch')
+    stale = stale_provenance(state.get('provenance'), provenance)
+    if stale:
+        raise StaleResumePoint(f'{path} was trained on another '
+                               f'{", ".join(stale)}')
     check_state_dict(model, state['model'], path, 'resume point')
     if cfg is not None:
         check_batch_order(state, cfg, path)

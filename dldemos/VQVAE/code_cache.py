@@ -6,21 +6,13 @@ codes are computed once and stored as a compact integer tensor next to the
 VQ-VAE checkpoint (`<ckpt>.codes_<split>.pt`). The file records a hash of the
 checkpoint and the data settings, and is rebuilt when either changes.
 """
-import hashlib
 import os
 
 import torch
 
 from dldemos.dist_utils import barrier, is_main
-from dldemos.VQVAE.checkpoint import load_file, save_atomic
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+from dldemos.VQVAE.checkpoint import (file_sha256, load_file,
+                                      save_atomic)
 
 
 def cache_path(ckpt_path, split, subset=None):

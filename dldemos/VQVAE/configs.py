@@ -26,7 +26,8 @@ DEFAULTS = dict(
     preview_every=1,       # epochs between preview grids in previews/ (0=off)
     n_preview=16,          # images in a preview grid (cheap: a handful)
     use_code_cache=True,   # encode the train set once for prior training
-    amp=True,              # bf16 autocast on CUDA (ignored on CPU)
+    amp=False,             # bf16 autocast on CUDA (ignored on CPU); off:
+                           # the tutorial's runs train in fp32
     channels_last=False,   # NHWC memory layout on CUDA
     compile=False,         # torch.compile the models
     pixelcnn_bn=True,      # BatchNorm in the prior's gated blocks (the
@@ -141,14 +142,24 @@ mnist_quick_cfg = dict(dataset_type='MNIST',
 
 cfgs = [mnist_cfg1, celebahq_cfg1, celebahq_cfg2, celebahq_cfg3, celebahq_cfg4,
         mnist_quick_cfg]
+# one line each, for --help and error messages
+CONFIG_NAMES = ['MNIST, the tutorial\'s run (GPU)',
+                'CelebAHQ 128x128, 64 codes (tutorial)',
+                'CelebAHQ 128x128, 128 codes (tutorial)',
+                'CelebAHQ 64x64, 64 codes (tutorial)',
+                'CelebAHQ 64x64, 32 codes (tutorial, the quickest face run)',
+                'quick MNIST on a CPU']
+
+
+def describe_configs():
+    return '; '.join(f'{i} = {name}' for i, name in enumerate(CONFIG_NAMES))
 
 
 def get_cfg(id: int):
     """A fresh copy of config `id` with every default key filled in."""
     if not isinstance(id, int) or not 0 <= id < len(cfgs):
         raise ValueError(f'unknown config id {id!r}: valid ids are '
-                         f'0-{len(cfgs) - 1} (0 = MNIST, 1-4 = CelebAHQ, '
-                         f'5 = quick MNIST on CPU)')
+                         f'0-{len(cfgs) - 1} ({describe_configs()})')
     cfg = copy.deepcopy(cfgs[id])
     for k, v in DEFAULTS.items():
         cfg.setdefault(k, v)

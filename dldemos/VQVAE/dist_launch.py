@@ -12,10 +12,13 @@ import sys
 
 from dldemos.dist_utils import (barrier, cleanup_distributed, get_world_size,
                                 is_main, setup_distributed)
+from dldemos.errors import UsageError, report_errors
+from dldemos.VQVAE.cli import add_common_args, check_seed
+from dldemos.VQVAE.config_check import load_cfg
+from dldemos.VQVAE.context import (RunContext, check_outputs,
+                                   prepare_work_dir, seed_everything)
 from dldemos.VQVAE.dataset import get_dataset
-from dldemos.VQVAE.runtime import (UsageError, add_common_args, load_cfg, log,
-                                   prepare_work_dir, report_errors,
-                                   seed_everything)
+from dldemos.VQVAE.logs import log
 
 
 def build_parser(description):
@@ -27,16 +30,19 @@ def build_parser(description):
     return add_common_args(parser)
 
 
-def fetch_data_once(cfg, data_root, splits):
+def fetch_data_once(ctx):
     """Rank 0 opens (and for MNIST downloads) the data while the others wait:
     N processes downloading into one folder would race. A missing dataset or
     LMDB is reported once, by rank 0, before any training starts. Then the
     first process of every other node does the same for its own disk (on a
     shared filesystem it finds the files there already)."""
+    cfg = ctx.cfg
+    splits = ['train', 'test'] if cfg['eval_subset'] else ['train']
+
     def fetch():
         for split in splits:
             get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
-                        data_root, split, cfg['use_lmdb'])
+                        ctx.data_root, split, cfg['use_lmdb'])
 
     if is_main():
         fetch()
@@ -47,8 +53,8 @@ def fetch_data_once(cfg, data_root, splits):
 
 
 def launch(train, description, argv=None):
-    """Parse main.py's flags, start the process group, call
-    train(cfg, device, args), and tear the group down however it ends."""
+    """Parse main.py's flags, start the process group, call train(ctx) with
+    the run context, and tear the group down however it ends."""
     argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
     args = build_parser(description).parse_args(argv[1:])
     rank = int(os.environ.get('RANK', 0))
@@ -57,12 +63,16 @@ def launch(train, description, argv=None):
         if 'RANK' not in os.environ:
             raise UsageError('not launched by torchrun: run '
                              f'`torchrun --nproc_per_node=N {argv[0]} ...`')
-        cfg = load_cfg(args)
+        cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
         device = setup_distributed('cpu' if args.device == 'cpu' else None)
+        ctx = RunContext(cfg, device, args.work_dir, args.data_root,
+                         args.seed, args.resume)
+        check_outputs(ctx)
         log(f'device: {device} x {get_world_size()} processes')
-        prepare_work_dir(args.work_dir, cfg, argv)
+        prepare_work_dir(ctx, argv)
         seed_everything(args.seed)  # + rank: each rank its own stream
-        train(cfg, device, args)
+        fetch_data_once(ctx)
+        train(ctx)
 
     try:
         code = report_errors(start_and_train, args.debug,

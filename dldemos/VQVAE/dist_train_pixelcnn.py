@@ -16,26 +16,15 @@ import sys
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-from dldemos.VQVAE.checkpoint import load_model
-from dldemos.VQVAE.dist_launch import fetch_data_once, launch
-from dldemos.VQVAE.main import build_models, train_generative_model
-from dldemos.VQVAE.runtime import UsageError, ckpt_path
+from dldemos.VQVAE.build import build_models
+from dldemos.VQVAE.dist_launch import launch
+from dldemos.VQVAE.main import load_stage_input, train_generative_model
 
 
-def train(cfg, device, args):
-    vqvae_path = ckpt_path(cfg, 'vqvae_path', args.work_dir)
-    if not os.path.isfile(vqvae_path):
-        raise UsageError(f'the prior needs the VQ-VAE checkpoint {vqvae_path}'
-                         ', which does not exist: train it first with '
-                         'dist_train_vqvae.py (or main.py --stages 1) and the '
-                         'same -c, --work-dir and --cfg-options')
-    fetch_data_once(cfg, args.data_root,
-                    ['train', 'test'] if cfg['eval_subset'] else ['train'])
-    vqvae, gen_model = build_models(cfg)
-    load_model(vqvae, vqvae_path, 'VQ-VAE checkpoint')
-    train_generative_model(vqvae, gen_model, cfg, device,
-                           work_dir=args.work_dir, data_root=args.data_root,
-                           seed=args.seed, resume=args.resume)
+def train(ctx):
+    vqvae, gen_model = build_models(ctx.cfg)
+    load_stage_input(vqvae, ctx, 'vqvae_path', 3)
+    train_generative_model(vqvae, gen_model, ctx)
 
 
 def main(argv=None):

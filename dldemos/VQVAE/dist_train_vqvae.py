@@ -14,16 +14,14 @@ import sys
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-from dldemos.VQVAE.dist_launch import fetch_data_once, launch
-from dldemos.VQVAE.main import build_models, train_vqvae
+from dldemos.VQVAE.build import build_models
+from dldemos.VQVAE.dist_launch import launch
+from dldemos.VQVAE.main import train_vqvae
 
 
-def train(cfg, device, args):
-    fetch_data_once(cfg, args.data_root,
-                    ['train', 'test'] if cfg['eval_subset'] else ['train'])
-    vqvae, _ = build_models(cfg)
-    train_vqvae(vqvae, cfg, device, work_dir=args.work_dir,
-                data_root=args.data_root, seed=args.seed, resume=args.resume)
+def train(ctx):
+    vqvae, _ = build_models(ctx.cfg)
+    train_vqvae(vqvae, ctx)
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
@@ -24,18 +25,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dldemos.errors import CheckpointError, UsageError, report_errors
 from dldemos.VQVAE import mnist_classifier
-from dldemos.VQVAE.checkpoint import (CheckpointError, load_file, load_model,
-                                      plain, resume_path)
-from dldemos.VQVAE.code_cache import file_sha256
-from dldemos.VQVAE.main import build_models, code_loader, image_loader
-from dldemos.VQVAE.plots import save_grid
+from dldemos.VQVAE.build import build_models
+from dldemos.VQVAE.checkpoint import (file_sha256, load_file, load_model,
+                                      plain, read_provenance, resume_path)
+from dldemos.VQVAE.cli import add_common_args, check_seed, pick_device
+from dldemos.VQVAE.config_check import load_cfg
+from dldemos.VQVAE.context import RunContext, seed_everything
+from dldemos.VQVAE.hardware import describe as hardware
+from dldemos.VQVAE.loaders import code_loader, image_loader
+from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.metrics import (bits_per_dim, feature_stats,
                                    frechet_distance, prior_nll, vqvae_heldout)
-from dldemos.VQVAE.runtime import (UsageError, add_common_args, ckpt_path,
-                                   cpu_name, load_cfg, log, pick_device,
-                                   report_errors, seed_everything, timer)
-from dldemos.VQVAE.sampling import sample_images
+from dldemos.VQVAE.plots import save_grid
+from dldemos.VQVAE.sampling import sample_with_cfg
+
+
+PSNR_CONVENTION = ('set-level: 10 log10(1 / MSE) of the mean squared error '
+                   'over every pixel of every held-out image (clipped to '
+                   '[0, 1]), not the mean of per-image PSNRs')
+BITS_PER_DIM_NOTE = ('the bits of the discrete codes only (prior NLL of the '
+                     'latents spread over C*H*W): not comparable with the '
+                     "VQ-VAE paper's bits/dim, which also counts the "
+                     'decoder\'s likelihood of the pixels')
 
 
 # ----------------------------------------------------------------- features
@@ -134,14 +147,6 @@ def epochs_trained(path):
         return None
 
 
-def hardware(device):
-    """The device in words, for the README's results table."""
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'{cpu_name()}, {torch.get_num_threads()} threads'
-
-
-
 def code_usage_png(counts, path, title):
     import matplotlib
     matplotlib.use('Agg')
@@ -159,137 +164,180 @@ def code_usage_png(counts, path, title):
 @torch.no_grad()
 def generate(vqvae, gen_model, cfg, n, device, seed, batch_size):
     """n images [n, C, H, W] in [0, 1] sampled with cfg's sampler."""
-    imgs = sample_images(vqvae, gen_model, cfg['img_shape'], n, device,
-                         cfg['sampler'], cfg['temperature'], cfg['top_k'],
-                         seed, batch_size)
+    imgs = sample_with_cfg(vqvae, gen_model, cfg, n, device, seed,
+                           batch_size)
     return imgs.clip(0, 1).cpu()
 
 
-def evaluate(cfg, device, work_dir, data_root, seed=0, n_samples=None,
-             eval_images=None, batch_size=None, sample_batch=500,
-             classifier_epochs=2, classifier_subset=None):
-    """Every held-out metric of the config's checkpoints in work_dir: the
-    metrics.json dict."""
-    tic = timer()
-    dataset = cfg['dataset_type']
-    img_shape = tuple(cfg['img_shape'])
+def feature_extractor(ctx, n_samples, classifier_epochs, classifier_subset):
+    """(extract(x) -> features, classifier or None, samples-entry fields):
+    an MNIST classifier the project trains itself, or Inception-v3 for
+    faces when its weights are already cached (extract None: skipped)."""
+    device = ctx.device
+    if ctx.cfg['dataset_type'] == 'MNIST':
+        clf, info = mnist_classifier.load_or_train(
+            ctx.work_dir, ctx.data_root, device, classifier_epochs,
+            classifier_subset, log)
+        if info['test_accuracy'] < 0.99:
+            log(f'warning: the MNIST classifier reaches only '
+                f'{info["test_accuracy"]:.4f} test accuracy (< 0.99)')
+        fields = {'fid_feature': 'mnist-classifier', 'classifier': {
+            'test_accuracy': info['test_accuracy'], 'path': info['path'],
+            **info['settings']}}
+        return (lambda x: mnist_classifier.predict(clf, x, device)[0]), \
+            clf, fields
+    inception, why = load_inception(device)
+    if inception is None:
+        log(f'FID skipped: {why}')
+        return None, None, {'fid_feature': 'inception-v3', 'fid': None,
+                            'skipped': why}
+    return (lambda x: inception(x.to(device))), None, \
+        {'fid_feature': 'inception-v3'}
+
+
+def score_vqvae(ctx, vqvae, eval_images, batch_size, recon_feats):
+    """Reconstructions and code usage on the held-out images."""
+    dataset = ctx.cfg['dataset_type']
+    test_loader, _ = image_loader(ctx, batch_size, 'test',
+                                  subset=eval_images, shuffle=False)
+    m = vqvae_heldout(vqvae, test_loader, ctx.device, with_ssim=True,
+                      on_batch=None if recon_feats is None else
+                      (lambda x, x_hat: recon_feats.add(x_hat)))
+    counts = m.pop('code_counts')
+    png = ctx.out(f'code_usage_{dataset}.png')
+    code_usage_png(counts, png, f'code usage on {m["n_images"]} held-out '
+                   f'{dataset} images ({m["codes_used"]}/{len(counts)} used)')
+    return dict(m, n_embedding=len(counts), code_counts=counts.tolist(),
+                code_usage_png=png,
+                psnr_convention=PSNR_CONVENTION)
+
+
+def score_prior(ctx, vqvae, gen_model, eval_images, batch_size):
+    """Likelihood of the held-out codes under the prior."""
+    img_shape = tuple(ctx.cfg['img_shape'])
+    codes, _ = code_loader(ctx, vqvae, 'test', subset=eval_images,
+                           shuffle=False, batch_size=batch_size)
+    p = prior_nll(gen_model, (b[0] for b in codes), ctx.device)
+    latent_hw = vqvae.get_latent_HW(img_shape)
+    K = ctx.cfg['n_embedding']
+    return dict(
+        p, bits_per_dim=bits_per_dim(p['nll_nats_per_latent'], latent_hw,
+                                     img_shape),
+        bits_per_dim_counts=BITS_PER_DIM_NOTE,
+        uniform_nats_per_latent=math.log(K),
+        uniform_bits_per_dim=bits_per_dim(math.log(K), latent_hw, img_shape),
+        latent_shape=list(latent_hw))
+
+
+def score_samples(ctx, vqvae, gen_model, n_samples, sample_batch,
+                  eval_images, batch_size, extract, clf, recon_feats):
+    """Frechet distance of n_samples samples to the held-out images, with
+    two references: reconstructions (what the decoder allows) and real
+    train images (the floor)."""
+    cfg, device, seed = ctx.cfg, ctx.device, ctx.seed
+    imgs = generate(vqvae, gen_model, cfg, n_samples, device, seed,
+                    sample_batch)  # [n, C, H, W]
+    grid = ctx.out(f'eval_samples_{cfg["dataset_type"]}.jpg')
+    save_grid(imgs[:81], grid, cfg['dataset_type'])
+    out = dict(sampler=cfg['sampler'], temperature=cfg['temperature'],
+               top_k=cfg['top_k'], seed=seed, grid=grid)
+    if extract is None:
+        return out
+    test_loader, _ = image_loader(ctx, batch_size, 'test',
+                                  subset=eval_images, shuffle=False)
+    test_feats = features_of_loader(extract, test_loader)
+    ref_stats = feature_stats(test_feats)
+    # train images drawn at random, as many as samples, so that all three
+    # distances carry the same small-sample bias
+    train_loader, _ = image_loader(ctx, batch_size, 'train')
+    train_feats = features_of_loader(extract, train_loader, n_samples)
+    sample_feats = FeatureSet(extract, n_samples)
+    for i in range(0, n_samples, batch_size):
+        sample_feats.add(imgs[i:i + batch_size])
+    out.update(fid=fid_entry(sample_feats.array(), ref_stats)['fid'],
+               reference={
+                   'against': f'held-out images ({test_feats.shape[0]})',
+                   'reconstructions_vs_test': fid_entry(recon_feats.array(),
+                                                        ref_stats),
+                   'train_vs_test': fid_entry(train_feats, ref_stats)})
+    if clf is not None:  # MNIST: which digits the samples look like
+        with torch.no_grad():
+            probs = F.softmax(clf.head(torch.from_numpy(
+                sample_feats.array()).float().to(device)), -1).cpu()
+        out.update(class_histogram=torch.bincount(
+            probs.argmax(-1), minlength=10).tolist(),
+            mean_confidence=float(probs.max(-1).values.mean()))
+    return out
+
+
+def load_checkpoints(ctx, vqvae, gen_model):
+    """Load what exists; (paths of the loaded ones, why the prior is not
+    scored or None). A VQ-VAE alone is scored; no VQ-VAE is an error."""
+    paths = {'vqvae': ctx.ckpt('vqvae_path'),
+             'gen_model': ctx.ckpt('gen_model_path')}
+    if not os.path.isfile(paths['vqvae']):
+        raise UsageError(f'VQ-VAE checkpoint {paths["vqvae"]} does not '
+                         'exist: train first (main.py with the same -c, '
+                         '--work-dir and --cfg-options)')
+    load_model(vqvae, paths['vqvae'], 'VQ-VAE checkpoint')
+    vqvae.to(ctx.device).eval()
+    why = None
+    saved = read_provenance(paths['gen_model']).get('vqvae_sha256')
+    if not os.path.isfile(paths['gen_model']):
+        why = (f'no PixelCNN checkpoint {paths["gen_model"]}: train it with '
+               'main.py --stages 3')
+    elif saved and saved != file_sha256(paths['vqvae']):
+        why = (f'the PixelCNN {paths["gen_model"]} was trained on the codes '
+               'of another VQ-VAE: train it again with main.py --stages 3')
+    if why:
+        del paths['gen_model']
+        return paths, why
+    load_model(gen_model, paths['gen_model'], 'PixelCNN checkpoint')
+    gen_model.to(ctx.device).eval()
+    return paths, None
+
+
+def evaluate(ctx, n_samples=1000, eval_images=None, batch_size=None,
+             sample_batch=500, classifier_epochs=2, classifier_subset=None):
+    """Every held-out metric of the config's checkpoints in the work dir:
+    the metrics.json dict. Without a (matching) prior, only the VQ-VAE."""
+    tic = time.perf_counter()
+    cfg, dataset = ctx.cfg, ctx.cfg['dataset_type']
     batch_size = batch_size or cfg['batch_size']
-    n_samples = 1000 if n_samples is None else n_samples
     vqvae, gen_model = build_models(cfg)
-    paths = {'vqvae': ckpt_path(cfg, 'vqvae_path', work_dir),
-             'gen_model': ckpt_path(cfg, 'gen_model_path', work_dir)}
-    for name, path in paths.items():
-        if not os.path.isfile(path):
-            raise UsageError(f'{name} checkpoint {path} does not exist: train '
-                             'first (main.py with the same -c, --work-dir '
-                             'and --cfg-options)')
-    load_model(vqvae, paths['vqvae'], 'VQ-VAE checkpoint').to(device).eval()
-    load_model(gen_model, paths['gen_model'],
-               'PixelCNN checkpoint').to(device).eval()
+    paths, no_prior = load_checkpoints(ctx, vqvae, gen_model)
+    if no_prior:
+        log(f'prior and samples skipped: {no_prior}')
+        n_samples = 0
     result = {'config': plain(cfg),
               'checkpoints': {k: {'path': p, 'sha256': file_sha256(p),
                                   'epochs_trained': epochs_trained(p)}
                               for k, p in paths.items()},
               'held_out': ('MNIST test split' if dataset == 'MNIST' else
                            f'{dataset}: last 10% of files by sorted name'),
-              'device': str(device),
-              'hardware': hardware(device)}
-
-    # Feature extractor for the Frechet distances
-    extract, samples = None, {'n_samples': n_samples}
+              'device': str(ctx.device), 'hardware': hardware(ctx.device)}
+    extract, clf, fields = (None, None, {})
     if n_samples:
-        if dataset == 'MNIST':
-            clf, info = mnist_classifier.load_or_train(
-                work_dir, data_root, device, classifier_epochs,
-                classifier_subset, log)
-            samples.update(fid_feature='mnist-classifier', classifier={
-                'test_accuracy': info['test_accuracy'], 'path': info['path'],
-                **info['settings']})
-            if info['test_accuracy'] < 0.99:
-                log(f'warning: the MNIST classifier reaches only '
-                    f'{info["test_accuracy"]:.4f} test accuracy (< 0.99)')
-
-            def extract(x):
-                return mnist_classifier.predict(clf, x, device)[0]
-        else:
-            inception, why = load_inception(device)
-            samples['fid_feature'] = 'inception-v3'
-            if inception is None:
-                samples.update(fid=None, skipped=why)
-                log(f'FID skipped: {why}')
-            else:
-                def extract(x):
-                    return inception(x.to(device))
-
-    # 1. VQ-VAE: reconstructions and code usage on the held-out images
-    test_loader, _ = image_loader(cfg, data_root, batch_size, 'test',
-                                  subset=eval_images, shuffle=False)
-    recon_feats = None
-    if extract is not None:
-        recon_feats = FeatureSet(extract, n_samples)
-    m = vqvae_heldout(vqvae, test_loader, device, with_ssim=True,
-                      on_batch=None if recon_feats is None else
-                      (lambda x, x_hat: recon_feats.add(x_hat)))
-    counts = m.pop('code_counts')
-    png = os.path.join(work_dir, f'code_usage_{dataset}.png')
-    code_usage_png(counts, png, f'code usage on {m["n_images"]} held-out '
-                   f'{dataset} images ({m["codes_used"]}/{len(counts)} used)')
-    result['vqvae'] = dict(m, n_embedding=len(counts),
-                           code_counts=counts.tolist(), code_usage_png=png)
-    log(f'VQ-VAE scored ({timer() - tic:.1f}s)')
-
-    # 2. Prior: likelihood of the held-out codes
-    codes, _ = code_loader(vqvae, cfg, device, work_dir, data_root, seed,
-                           'test', eval_images, False, batch_size)
-    p = prior_nll(gen_model, (b[0] for b in codes), device)
-    latent_hw = vqvae.get_latent_HW(img_shape)
-    K = cfg['n_embedding']
-    result['prior'] = dict(
-        p, bits_per_dim=bits_per_dim(p['nll_nats_per_latent'], latent_hw,
-                                     img_shape),
-        uniform_nats_per_latent=math.log(K),
-        uniform_bits_per_dim=bits_per_dim(math.log(K), latent_hw, img_shape),
-        latent_shape=list(latent_hw))
-    log(f'prior scored ({timer() - tic:.1f}s)')
-
-    # 3. Samples: Frechet distance to the held-out images, with references
-    if n_samples:
-        imgs = generate(vqvae, gen_model, cfg, n_samples, device, seed,
-                        sample_batch)  # [n, C, H, W]
-        grid = os.path.join(work_dir, f'eval_samples_{dataset}.jpg')
-        save_grid(imgs[:81], grid, dataset)
-        samples.update(sampler=cfg['sampler'], temperature=cfg['temperature'],
-                       top_k=cfg['top_k'], seed=seed, grid=grid)
-        log(f'{n_samples} samples drawn ({timer() - tic:.1f}s)')
-    if extract is not None:
-        test_loader, _ = image_loader(cfg, data_root, batch_size, 'test',
-                                      subset=eval_images, shuffle=False)
-        test_feats = features_of_loader(extract, test_loader)
-        ref_stats = feature_stats(test_feats)
-        # train images drawn at random, as many as samples, so that all three
-        # distances carry the same small-sample bias
-        train_loader, _ = image_loader(cfg, data_root, batch_size, 'train',
-                                       shuffle=True, seed=seed)
-        train_feats = features_of_loader(extract, train_loader, n_samples)
-        sample_feats = FeatureSet(extract, n_samples)
-        for i in range(0, n_samples, batch_size):
-            sample_feats.add(imgs[i:i + batch_size])
-        entry = fid_entry(sample_feats.array(), ref_stats)
-        samples.update(fid=entry['fid'], reference={
-            'against': f'held-out images ({test_feats.shape[0]})',
-            'reconstructions_vs_test': fid_entry(recon_feats.array(),
-                                                 ref_stats),
-            'train_vs_test': fid_entry(train_feats, ref_stats)})
-        if dataset == 'MNIST':
-            with torch.no_grad():
-                probs = F.softmax(clf.head(torch.from_numpy(
-                    sample_feats.array()).float().to(device)), -1).cpu()
-            samples.update(
-                class_histogram=torch.bincount(
-                    probs.argmax(-1), minlength=10).tolist(),
-                mean_confidence=float(probs.max(-1).values.mean()))
-    result['samples'] = samples
-    result['elapsed_s'] = timer() - tic
+        extract, clf, fields = feature_extractor(
+            ctx, n_samples, classifier_epochs, classifier_subset)
+    recon_feats = None if extract is None else FeatureSet(extract, n_samples)
+    result['vqvae'] = score_vqvae(ctx, vqvae, eval_images, batch_size,
+                                  recon_feats)
+    log(f'VQ-VAE scored ({time.perf_counter() - tic:.1f}s)')
+    if no_prior:
+        result['prior'] = result['samples'] = {'skipped': no_prior}
+    else:
+        result['prior'] = score_prior(ctx, vqvae, gen_model, eval_images,
+                                      batch_size)
+        log(f'prior scored ({time.perf_counter() - tic:.1f}s)')
+        result['samples'] = dict(fields, n_samples=n_samples)
+        if n_samples:
+            result['samples'].update(score_samples(
+                ctx, vqvae, gen_model, n_samples, sample_batch, eval_images,
+                batch_size, extract, clf, recon_feats))
+            log(f'{n_samples} samples scored '
+                f'({time.perf_counter() - tic:.1f}s)')
+    result['elapsed_s'] = time.perf_counter() - tic
     return result
 
 
@@ -301,14 +349,18 @@ def format_table(r):
         ('VQ-VAE', 'epochs trained', f'{ep["vqvae"]}'),
         ('', 'held-out images', f'{v["n_images"]}'),
         ('', 'MSE', f'{v["mse"]:.5f}'),
-        ('', 'PSNR (dB)', f'{v["psnr"]:.2f}'),
+        ('', 'PSNR (dB)', f'{v["psnr"]:.2f} (of the mean MSE)'),
         ('', 'SSIM', f'{v["ssim"]:.4f}'),
         ('', 'codes used', f'{v["codes_used"]}/{v["n_embedding"]}'),
         ('', 'perplexity', f'{v["perplexity"]:.2f}'),
+    ]
+    if 'skipped' in p:
+        return align(rows + [('prior', 'skipped', p['skipped'])])
+    rows += [
         ('prior', 'epochs trained', f'{ep["gen_model"]}'),
         ('', 'NLL (nats/latent)', f'{p["nll_nats_per_latent"]:.4f}'),
         ('', 'uniform prior (log K)', f'{p["uniform_nats_per_latent"]:.4f}'),
-        ('', 'bits/dim', f'{p["bits_per_dim"]:.4f}'),
+        ('', 'bits/dim (code bits only)', f'{p["bits_per_dim"]:.4f}'),
         ('samples', 'n', f'{s["n_samples"]}'),
     ]
     if s['n_samples']:
@@ -326,6 +378,10 @@ def format_table(r):
                      ('', 'mean confidence', f'{s["mean_confidence"]:.4f}'),
                      ('', 'class histogram',
                       ' '.join(map(str, s['class_histogram'])))]
+    return align(rows)
+
+
+def align(rows):
     w = [max(len(row[i]) for row in rows) for i in range(2)]
     return '\n'.join(f'{a:<{w[0]}}  {b:<{w[1]}}  {c}' for a, b, c in rows)
 
@@ -333,35 +389,51 @@ def format_table(r):
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Evaluate saved checkpoints on held-out data.')
-    add_common_args(parser)
+    add_common_args(parser, resume=False)
     parser.add_argument('--n-samples', type=int, default=1000,
-                        help='images to generate and score (0: none)')
+                        help='images to generate and score, 0 for none '
+                        '(default: %(default)s)')
     parser.add_argument('--sample-batch', type=int, default=500,
-                        help='images sampled at once')
+                        help='images sampled at once (default: %(default)s)')
     parser.add_argument('--eval-images', type=int, default=None,
                         help='cap on held-out images (default: all)')
     parser.add_argument('--batch-size', type=int, default=None,
                         help="scoring batch size (default: the config's)")
     parser.add_argument('--classifier-epochs', type=int, default=2,
-                        help='epochs of the MNIST feature classifier')
+                        help='epochs of the MNIST feature classifier '
+                        '(default: %(default)s)')
     parser.add_argument('--classifier-subset', type=int, default=None,
-                        help='train the classifier on this many images')
+                        help='train the classifier on this many images '
+                        '(default: all)')
     return parser
 
 
+def check_args(args):
+    """Values that would fail deep inside scoring, said up front."""
+    lows = {'n_samples': 0, 'sample_batch': 1, 'eval_images': 1,
+            'batch_size': 1, 'classifier_epochs': 1, 'classifier_subset': 1}
+    for name, low in lows.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            flag = '--' + name.replace('_', '-')
+            raise UsageError(f'{flag} {value}: use an integer >= {low}')
+
+
 def run(args):
-    cfg = load_cfg(args)
-    if args.n_samples < 0 or args.sample_batch < 1:
-        raise UsageError('--n-samples must be >= 0 and --sample-batch >= 1')
-    device = pick_device(args)
-    log(f'device: {device}')
-    os.makedirs(args.work_dir, exist_ok=True)
-    seed_everything(args.seed)
-    result = evaluate(cfg, device, args.work_dir, args.data_root, args.seed,
-                      args.n_samples, args.eval_images, args.batch_size,
+    check_args(args)
+    cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
+    ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,
+                     args.data_root, args.seed)
+    log(f'device: {ctx.device}')
+    if os.path.exists(ctx.work_dir) and not os.path.isdir(ctx.work_dir):
+        raise UsageError(f'--work-dir {ctx.work_dir} is a file: pick the '
+                         'folder the run trained in')
+    os.makedirs(ctx.work_dir, exist_ok=True)
+    seed_everything(ctx.seed)
+    result = evaluate(ctx, args.n_samples, args.eval_images, args.batch_size,
                       args.sample_batch, args.classifier_epochs,
                       args.classifier_subset)
-    out = os.path.join(args.work_dir, 'metrics.json')
+    out = ctx.out('metrics.json')
     with open(out, 'w') as f:
         json.dump(result, f, indent=1)
     print(format_table(result))

@@ -15,8 +15,9 @@ import einops
 import numpy as np
 import torch
 
-from dldemos.VQVAE.runtime import UsageError, read_jsonl
-from dldemos.VQVAE.sampling import sample_images
+from dldemos.errors import UsageError
+from dldemos.VQVAE.logs import read_jsonl
+from dldemos.VQVAE.sampling import sample_with_cfg
 
 LOSS_PLOT = 'loss_curves.png'
 PREVIEW_DIR = 'previews'
@@ -127,9 +128,8 @@ def preview_samples(vqvae, gen_model, cfg, path, seed, device):
     """A few samples of the prior decoded by the VQ-VAE. A private generator
     with a fixed seed draws them, so the training RNG stream is untouched and
     each epoch's grid starts from the same random numbers."""
-    imgs = sample_images(vqvae, gen_model, cfg['img_shape'], cfg['n_preview'],
-                         device, cfg['sampler'], cfg['temperature'],
-                         cfg['top_k'], seed)
+    imgs = sample_with_cfg(vqvae, gen_model, cfg, cfg['n_preview'], device,
+                           seed)
     save_grid(imgs, path, cfg['dataset_type'])
 
 

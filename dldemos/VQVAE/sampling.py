@@ -1,4 +1,11 @@
-"""Drawing codes from a PixelCNN prior, one latent position at a time."""
+"""Drawing new images: codes from the PixelCNN prior, decoded by the VQ-VAE.
+
+One name per idea:
+- `sample(...)`: images, the entry point of stage 4, previews and evaluate.py;
+- `sample_codes(...)`: codes, with the sampler the config names:
+  `sample_incremental` ('cached', the default: O(H*W) work) or
+  `sample_naive` ('naive', the tutorial's loop: a full pass per position).
+"""
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +27,7 @@ def sample_from_logits(logits, temperature=1.0, top_k=None, generator=None):
 def sample_naive(gen_model, n, H, W, device, temperature=1.0, top_k=None,
                  generator=None, on_step=None):
     """The tutorial's sampler: the whole PixelCNN runs once per position
-    (H * W full passes). Kept as the reference for the cached sampler."""
+    (H * W full passes). Kept as the reference for the incremental one."""
     x = torch.zeros((n, H, W), dtype=torch.long, device=device)
     for i in range(H):
         for j in range(W):
@@ -32,17 +39,18 @@ def sample_naive(gen_model, n, H, W, device, temperature=1.0, top_k=None,
     return x
 
 
-def sample_cached(gen_model, n, H, W, device, temperature=1.0, top_k=None,
-                  generator=None, on_step=None):
+def sample_incremental(gen_model, n, H, W, device, temperature=1.0,
+                       top_k=None, generator=None, on_step=None):
     """Each layer's vertical stack once per completed row, its horizontal
     stack once per position from cached left neighbours: O(H * W) work
     instead of the naive O((H * W)^2), same logits and draws."""
-    return cached_sampler.sample_cached(gen_model, n, H, W, device,
-                                        sample_from_logits, temperature,
-                                        top_k, generator, on_step)
+    return cached_sampler.sample_incremental(
+        gen_model, n, H, W, device, sample_from_logits, temperature, top_k,
+        generator, on_step)
 
 
-SAMPLERS = {'cached': sample_cached, 'naive': sample_naive}
+# config value -> sampler ('cached' names the incremental one, as before)
+SAMPLERS = {'cached': sample_incremental, 'naive': sample_naive}
 
 
 def sample_codes(gen_model, n, H, W, device, sampler='cached', **kwargs):
@@ -59,8 +67,8 @@ def sample_codes(gen_model, n, H, W, device, sampler='cached', **kwargs):
 
 
 @torch.no_grad()
-def sample_images(vqvae, gen_model, img_shape, n, device, sampler='cached',
-                  temperature=1.0, top_k=None, seed=None, batch_size=None):
+def sample(vqvae, gen_model, img_shape, n, device, *, sampler='cached',
+           temperature=1.0, top_k=None, seed=None, batch_size=None):
     """n new images [n, C, H, W] (float, on device): codes drawn from the
     prior, decoded by the VQ-VAE. With `seed`, a private generator draws them,
     so the global RNG (and a training run using it) is left untouched."""
@@ -76,3 +84,11 @@ def sample_images(vqvae, gen_model, img_shape, n, device, sampler='cached',
                              generator=generator)  # [b, H, W]
         imgs.append(vqvae.decode(codes).float())  # [b, C, 4H, 4W]
     return torch.cat(imgs)
+
+
+def sample_with_cfg(vqvae, gen_model, cfg, n, device, seed=None,
+                    batch_size=None):
+    """`sample` with the config's image shape, sampler, temperature, top_k."""
+    return sample(vqvae, gen_model, cfg['img_shape'], n, device,
+                  sampler=cfg['sampler'], temperature=cfg['temperature'],
+                  top_k=cfg['top_k'], seed=seed, batch_size=batch_size)

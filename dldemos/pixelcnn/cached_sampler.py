@@ -76,8 +76,8 @@ def _gate(x, p):
 
 
 @torch.no_grad()
-def sample_cached(gen_model, n, H, W, device, sample_fn, temperature=1.0,
-                  top_k=None, generator=None, on_step=None):
+def sample_incremental(gen_model, n, H, W, device, sample_fn,
+                       temperature=1.0, top_k=None, generator=None, on_step=None):
     """Codes [n, H, W] drawn from a PixelCNNWithEmbedding in eval mode.
 
     sample_fn(logits [n, K], temperature, top_k, generator) -> codes [n]

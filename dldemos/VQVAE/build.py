@@ -1,0 +1,40 @@
+"""Models of a config, and how a stage wraps them for training."""
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from dldemos.dist_utils import is_dist
+from dldemos.VQVAE.model import VQVAE
+from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
+
+
+def build_models(cfg):
+    """(vqvae, gen_model) as the tutorial builds them from a config."""
+    img_shape = cfg['img_shape']
+    vqvae = VQVAE(img_shape[0], cfg['dim'], cfg['n_embedding'])
+    gen_model = PixelCNNWithEmbedding(cfg['pixelcnn_n_blocks'],
+                                      cfg['pixelcnn_dim'],
+                                      cfg['pixelcnn_linear_dim'],
+                                      cfg['pixelcnn_bn'], cfg['n_embedding'])
+    return vqvae, gen_model
+
+
+def prepare_for_training(model, cfg, device):
+    """The module a training step calls: `model` moved to the device, then
+    (as configured) channels_last, DDP under torchrun, torch.compile. The
+    optimizer and checkpoints keep using `model` itself (the unwrapped one)."""
+    model.to(device)
+    if cfg['channels_last'] and device.type == 'cuda':
+        model.to(memory_format=torch.channels_last)
+    if is_dist():
+        model = DistributedDataParallel(
+            model, device_ids=[device] if device.type == 'cuda' else None)
+    if cfg['compile']:
+        model = torch.compile(model)
+    return model
+
+
+def autocast(cfg, device):
+    """bf16 autocast on CUDA when cfg['amp']: bf16 needs no loss scaling; the
+    quantizer's distances and the prior's output layer stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=bool(cfg['amp']) and device.type == 'cuda')

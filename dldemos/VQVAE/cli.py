@@ -1,0 +1,70 @@
+"""The command-line flags every entry point shares, and the device they name.
+
+main.py, evaluate.py and the torchrun launchers take the same flags, so a run
+and its evaluation are pointed at the same config, data and work dir.
+"""
+import torch
+
+from dldemos.errors import UsageError
+from dldemos.VQVAE.configs import describe_configs
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+
+
+def add_common_args(parser, resume=True):
+    parser.add_argument('-c', type=int, default=0, metavar='ID',
+                        help='config id (default: 0): ' + describe_configs())
+    parser.add_argument('-d', type=int, default=0,
+                        help='CUDA device index (default: 0)')
+    parser.add_argument('--device', default=None,
+                        help="'cpu', 'cuda', 'cuda:1' ... (default: cuda:D "
+                        'when CUDA is available, else cpu)')
+    parser.add_argument('--data-root', default='data',
+                        help='folder holding mnist/ and celebA/ '
+                        '(default: %(default)s)')
+    parser.add_argument('--work-dir', default='work_dirs',
+                        help='checkpoints, images and logs go here '
+                        '(default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='random seed (default: %(default)s)')
+    if resume:
+        parser.add_argument('--resume', action='store_true',
+                            help='continue training from the resume points')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        metavar='KEY=VALUE',
+                        help='override config keys, e.g. n_epochs=5')
+    parser.add_argument('--debug', action='store_true',
+                        help='show tracebacks instead of one-line errors')
+    return parser
+
+
+def check_seed(seed):
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f'--seed {seed}: use an integer from 0 to {SEED_MAX}')
+    return seed
+
+
+def pick_device(device=None, index=0):
+    """The torch device a run uses: `device` as given (checked), else
+    cuda:`index` when CUDA is available, else the CPU."""
+    if device is None:
+        return torch.device(f'cuda:{index}' if torch.cuda.is_available()
+                            else 'cpu')
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device: use 'cpu', "
+                         "'cuda' or 'cuda:N'") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UsageError(f'--device {device}: no CUDA GPU is available '
+                             'here; use --device cpu')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f'--device {device}: only '
+                             f'{torch.cuda.device_count()} GPU(s) here '
+                             f'(cuda:0 to cuda:'
+                             f'{torch.cuda.device_count() - 1})')
+    elif dev.type != 'cpu':
+        raise UsageError(f'--device {device}: this project runs on cpu or '
+                         'cuda')
+    return dev

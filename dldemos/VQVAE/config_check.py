@@ -1,0 +1,175 @@
+"""From a config id and `--cfg-options` to a checked config dict.
+
+configs.py holds the values (plain dicts, edited by hand); this module parses
+`KEY=VALUE` overrides to each key's type and rejects values that would only
+fail deep inside a run (a zero batch size, an image shape the VQ-VAE cannot
+halve twice, two outputs at one path), with one line that says what to do.
+"""
+import ast
+import math
+import os
+import sys
+
+from dldemos.errors import UsageError
+from dldemos.VQVAE.configs import get_cfg
+
+DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
+SAMPLER_NAMES = ('cached', 'naive')
+# Largest image side we accept: the VQ-VAE's activations grow with H * W, and
+# a typo such as (3, 6400, 6400) would otherwise end in the kernel's OOM kill.
+MAX_IMG_SIDE = 1024
+# checkpoint paths of the two stages; their resume points and code caches sit
+# beside them, so two equal paths would overwrite each other's files
+PATH_KEYS = ('vqvae_path', 'gen_model_path')
+
+
+def warn(msg):
+    print(f'warning: {msg}', file=sys.stderr, flush=True)
+
+
+def parse_value(text, default):
+    """Parse `text` to the type of the key's current value."""
+    if isinstance(default, bool):
+        if text.lower() in ('1', 'true', 'yes', 'on'):
+            return True
+        if text.lower() in ('0', 'false', 'no', 'off'):
+            return False
+        raise ValueError(f'{text!r} is not a boolean')
+    if isinstance(default, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if default is None:
+            return text
+        raise ValueError(f'{text!r} is not a {type(default).__name__}')
+    if default is None or value is None:
+        return value
+    # type(...) is int: a bool is an int to isinstance, and True is no lr
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not type(default):
+        raise ValueError(f'{text!r} is a {type(value).__name__}, expected '
+                         f'{type(default).__name__}')
+    if isinstance(value, tuple) and default:
+        kinds = {type(v) for v in default}
+        if not all(type(v) in kinds for v in value):
+            raise ValueError(f'{text!r} should hold only '
+                             f'{"/".join(k.__name__ for k in kinds)} values')
+    return value
+
+
+def apply_overrides(cfg, options):
+    for option in options:
+        if '=' not in option:
+            raise UsageError(f'--cfg-options takes KEY=VALUE, got {option!r}')
+        key, text = option.split('=', 1)
+        if key not in cfg:
+            raise UsageError(f'unknown config key {key!r}; valid keys: '
+                             f'{", ".join(sorted(cfg))}')
+        try:
+            cfg[key] = parse_value(text, cfg[key])
+        except ValueError as e:
+            raise UsageError(f'bad value for {key}: {e}') from None
+
+    return cfg
+
+
+def check_img_shape(cfg):
+    """The VQ-VAE halves H and W twice and the data has a fixed channel
+    count: anything else fails deep inside training, so say it up front."""
+    shape = cfg['img_shape']
+    channels = 1 if cfg['dataset_type'] == 'MNIST' else 3
+    if len(shape) != 3 or shape[0] != channels or shape[1] % 4 \
+            or shape[2] % 4 or min(shape[1:]) < 4:
+        raise UsageError(f'img_shape {tuple(shape)} does not fit: use '
+                         f'({channels}, H, W) for {cfg["dataset_type"]} '
+                         'with H and W multiples of 4')
+    if max(shape[1:]) > MAX_IMG_SIDE:
+        raise UsageError(f'img_shape {tuple(shape)} is larger than '
+                         f'{MAX_IMG_SIDE} pixels a side, which would exhaust '
+                         'memory: the tutorial uses 28, 64 or 128')
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# (keys, None allowed, lowest value) of the integer keys
+INT_RULES = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
+               'pixelcnn_dim', 'pixelcnn_linear_dim', 'n_sample',
+               'save_every'), False, 1),
+             (('n_epochs', 'n_epochs_2', 'pixelcnn_n_blocks', 'num_workers',
+               'preview_every', 'n_preview'), False, 0),
+             (('train_subset', 'top_k'), True, 1),
+             (('eval_subset',), True, 0)]
+
+
+def check_ranges(cfg):
+    """Values of the right type but out of range (batch_size=0,
+    save_every=0, lr=None, temperature=inf ...) fail deep inside a run, or
+    not at all: say so up front."""
+    for keys, none_ok, low in INT_RULES:
+        for k in keys:
+            v = cfg[k]
+            if not (v is None and none_ok) and not (_is_int(v) and v >= low):
+                raise UsageError(f'{k}={v!r}: use an integer >= {low}'
+                                 + (' or None' if none_ok else ''))
+    for k in ('lr', 'lr_2', 'temperature'):
+        v = cfg[k]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v > 0):
+            raise UsageError(f'{k}={v!r}: use a number > 0')
+    # an infinite temperature divides every logit to 0 (uniform codes) and
+    # NaN poisons them: neither is sampling from the prior
+    if not math.isfinite(cfg['temperature']):
+        raise UsageError(f'temperature={cfg["temperature"]!r}: use a finite '
+                         'number > 0')
+    for k, valid in (('sampler', SAMPLER_NAMES),
+                     ('dataset_type', DATASET_TYPES)):
+        if cfg[k] not in valid:
+            raise UsageError(f'{k}={cfg[k]!r}: use one of '
+                             f'{", ".join(valid)}')
+    if cfg['use_lmdb'] and cfg['dataset_type'] == 'MNIST':
+        raise UsageError('use_lmdb=True reads the CelebA / CelebAHQ folders '
+                         'converted to LMDB; MNIST is read from its own '
+                         'files: set use_lmdb=False')
+
+
+def check_paths(cfg):
+    """Empty checkpoint paths, or two outputs at one file, would lose a
+    trained model only after an epoch: refuse before training."""
+    for k in PATH_KEYS:
+        if not isinstance(cfg[k], str) or not cfg[k].strip():
+            raise UsageError(f'{k}={cfg[k]!r}: give a file name such as '
+                             'model.pth')
+    a, b = (os.path.splitext(os.path.normpath(cfg[k]))[0] for k in PATH_KEYS)
+    if a == b:
+        raise UsageError(f'vqvae_path and gen_model_path name the same file '
+                         f'({cfg["vqvae_path"]!r}, {cfg["gen_model_path"]!r}'
+                         '; their resume points and code caches would '
+                         'overwrite each other): give them different names')
+
+
+def load_cfg(config_id, options=(), seed=0):
+    """Config `config_id` with `options` (KEY=VALUE strings) applied, checked.
+    The seed is recorded in it: it decides the data order, so a mid-epoch
+    resume must use the same one."""
+    try:
+        cfg = get_cfg(config_id)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    cfg = apply_overrides(cfg, options)
+    cfg['seed'] = seed
+    check_ranges(cfg)
+    check_img_shape(cfg)
+    check_paths(cfg)
+    # the last of repeated keys wins, as in most CLIs; said (once the config
+    # is known to be valid), since one of the two is often a typo
+    keys = [o.split('=', 1)[0] for o in options]
+    for key in sorted({k for k in keys if keys.count(k) > 1}):
+        warn(f'--cfg-options sets {key} more than once: using the last '
+             f'value, {cfg[key]!r}')
+    return cfg

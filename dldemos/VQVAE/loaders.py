@@ -1,0 +1,82 @@
+"""The batches the stages read: images of a split, or their VQ-VAE codes.
+
+Every loader draws its order from a seeded DistributedSampler (one replica
+when not distributed), so epoch e's batches depend only on (seed, e): runs
+repeat, and a resumed run sees the batches an uninterrupted one would.
+"""
+import os
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from dldemos.dist_utils import is_dist, is_main
+from dldemos.VQVAE import code_cache
+from dldemos.VQVAE.dataset import get_dataloader, get_dataset
+
+
+def usable_workers(requested):
+    """DataLoader workers beyond the cores this process may use only add
+    contention (and torch warns about it once per loader)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(requested, cores))
+
+
+def image_loader(ctx, batch_size, split='train', *, subset=None,
+                 shuffle=True, sharded=False):
+    """(loader, sampler) over the config's images of `split`; the sampler
+    has set_epoch. `sharded`: each rank reads its own part (training)."""
+    cfg = ctx.cfg
+    out = get_dataloader(cfg['dataset_type'], batch_size,
+                         img_shape=tuple(cfg['img_shape'][1:]),
+                         dist_train=sharded,
+                         num_workers=usable_workers(cfg['num_workers']),
+                         use_lmdb=cfg['use_lmdb'], data_root=ctx.data_root,
+                         split=split, subset=subset, shuffle=shuffle,
+                         seed=ctx.seed,
+                         pin_memory=ctx.device.type == 'cuda')
+    return out if sharded else (out, out.sampler)
+
+
+def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
+                batch_size=None):
+    """(loader, sampler) over the VQ-VAE codes of `split`, encoded once and
+    cached beside the VQ-VAE checkpoint. Training batches are sharded over
+    the ranks; held-out codes are scored whole by rank 0."""
+    cfg = ctx.cfg
+    batch_size = batch_size or cfg['batch_size_2']
+    vqvae.to(ctx.device)
+
+    def make_loader():  # images in file order: the cache is read by index
+        loader, _ = image_loader(ctx, batch_size, split, subset=subset,
+                                 shuffle=False)
+        return loader
+
+    key = {'dataset_type': cfg['dataset_type'],
+           'img_shape': list(cfg['img_shape']), 'split': split,
+           'subset': subset, 'use_lmdb': cfg['use_lmdb'],
+           'data_root': os.path.abspath(ctx.data_root)}
+    codes = code_cache.load_or_build(
+        vqvae, ctx.ckpt('vqvae_path'), key, make_loader, ctx.device,
+        lambda it: tqdm(it, desc=f'encoding {split} set', leave=False,
+                        disable=not is_main()))
+    dataset = TensorDataset(codes)
+    sharded = is_dist() and shuffle
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=ctx.seed,
+                                 **({} if sharded else
+                                    {'num_replicas': 1, 'rank': 0}))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler), \
+        sampler
+
+
+def preview_images(ctx):
+    """The first few held-out images, read without a DataLoader (which would
+    draw from the global RNG and change the training run)."""
+    cfg = ctx.cfg
+    dataset = get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
+                          ctx.data_root, 'test', cfg['use_lmdb'])
+    n = min(cfg['n_preview'], len(dataset))
+    return torch.stack([dataset[i] for i in range(n)])  # [n, C, H, W]

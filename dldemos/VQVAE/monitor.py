@@ -1,0 +1,57 @@
+"""What a training run shows after each epoch, besides its loss: held-out
+scores (the tutorial's closing lesson: a falling training loss is not a
+better model) and preview grids. Each function returns the hooks the epoch
+runner's Stage takes (heldout, describe, preview, bar_info)."""
+import math
+
+from dldemos.dist_utils import is_main
+from dldemos.VQVAE.loaders import code_loader, image_loader, preview_images
+from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
+from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
+                                 preview_samples)
+
+
+def vqvae_hooks(ctx, vqvae):
+    cfg, device = ctx.cfg, ctx.device
+    K = cfg['n_embedding']
+    hooks = {'bar_info': lambda ze: {
+        # distinct codes in the last batch: few means a dying codebook
+        'codes': f'{vqvae.quantize(ze).unique().numel()}/{K}'}}
+    if cfg['eval_subset']:
+        heldout, _ = image_loader(ctx, cfg['batch_size'], 'test',
+                                  subset=cfg['eval_subset'], shuffle=False)
+
+        def score():
+            m = vqvae_heldout(vqvae, heldout, device)
+            return {'test_mse': m['mse'], 'test_psnr': m['psnr'],
+                    'test_codes_used': m['codes_used']}
+        hooks['heldout'] = score
+        hooks['describe'] = lambda r: (
+            f'test mse {r["test_mse"]:.5f} psnr {r["test_psnr"]:.2f} dB '
+            f'codes used {r["test_codes_used"]}/{K}')
+    if cfg['n_preview'] and cfg['preview_every']:
+        # only rank 0 draws previews
+        x = preview_images(ctx).to(device) if is_main() else None
+        hooks['preview'] = lambda epoch: preview_reconstruction(
+            vqvae, x, preview_path(ctx.work_dir, 'vqvae_reconstruct', epoch),
+            cfg['dataset_type'])
+    return hooks
+
+
+def prior_hooks(ctx, vqvae, gen_model):
+    cfg, device = ctx.cfg, ctx.device
+    hooks = {}
+    if cfg['eval_subset']:
+        heldout, _ = code_loader(ctx, vqvae, 'test',
+                                 subset=cfg['eval_subset'], shuffle=False)
+        hooks['heldout'] = lambda: {'test_nll': prior_nll(
+            gen_model, (b[0] for b in heldout), device)['nll_nats_per_latent']}
+        hooks['describe'] = lambda r: (
+            f'test nll {r["test_nll"]:.4f} nats/latent (uniform '
+            f'{math.log(cfg["n_embedding"]):.4f})')
+    if cfg['n_preview'] and cfg['preview_every']:
+        hooks['preview'] = lambda epoch: preview_samples(
+            vqvae, gen_model, cfg,
+            preview_path(ctx.work_dir, 'pixelcnn_sample', epoch), ctx.seed,
+            device)
+    return hooks
