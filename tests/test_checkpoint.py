@@ -2,6 +2,8 @@
 import glob
 import os
 import random
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -43,12 +45,38 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+def dead_pid():
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
 def test_stale_temp_of_a_killed_save_is_removed(tmp_path):
+    # named as before the host was in temp names
     path = tmp_path / 'a.pth'
-    stale = tmp_path / '.a.pth.tmp99999'
+    stale = tmp_path / f'.a.pth.tmp{dead_pid()}'
     stale.write_bytes(b'half a checkpoint')
     save_atomic({'w': torch.ones(1)}, path)
     assert not stale.exists()
+
+
+def test_save_keeps_the_temp_files_of_other_live_writers(tmp_path):
+    """Two runs saving to one path: neither may delete the other's temp
+    file mid-write. Only a dead writer's temp file of this host goes."""
+    host = socket.gethostname()
+    writer = subprocess.Popen(['sleep', '30'])
+    try:
+        live = tmp_path / f'.a.pth.tmp.{host}.{writer.pid}'
+        dead = tmp_path / f'.a.pth.tmp.{host}.{dead_pid()}'
+        # a pid of another host cannot be checked from here
+        remote = tmp_path / f'.a.pth.tmp.other-host.{dead_pid()}'
+        for temp in (live, dead, remote):
+            temp.write_bytes(b'half a checkpoint')
+        save_atomic({'w': torch.ones(1)}, tmp_path / 'a.pth')
+        assert live.exists() and remote.exists() and not dead.exists()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 @pytest.mark.parametrize('content', [b'', b'not a checkpoint at all\n',

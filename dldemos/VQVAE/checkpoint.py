@@ -9,6 +9,8 @@ it. Every file is written to a temp file and renamed into place.
 import glob
 import os
 import random
+import re
+import socket
 
 import numpy as np
 import torch
@@ -22,13 +24,10 @@ def save_atomic(obj, path):
     mid-write leaves the previous file intact."""
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
-    tmp = os.path.join(folder, f'.{name}.tmp{os.getpid()}')
+    tmp = os.path.join(folder, f'.{name}.tmp.{HOST}.{os.getpid()}')
     try:
         os.makedirs(folder, exist_ok=True)
-        # temp files of a save that was killed (SIGKILL, power loss)
-        for old in glob.glob(os.path.join(glob.escape(folder),
-                                          f'.{glob.escape(name)}.tmp*')):
-            os.remove(old)
+        remove_stale_temps(folder, name)
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
             f.flush()
@@ -40,8 +39,49 @@ def save_atomic(obj, path):
                               'check that its folder is writable and the '
                               'disk is not full') from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        discard(tmp)
+
+
+# temp file names carry host and pid, so that a save can tell the temp file
+# of a killed save from that of another run saving to the same path now
+HOST = socket.gethostname()
+TEMP_NAME = re.compile(r'\.tmp\.(?P<host>.+)\.(?P<pid>\d+)')
+OLD_TEMP_NAME = re.compile(r'\.tmp(?P<pid>\d+)')  # before the host was in it
+
+
+def remove_stale_temps(folder, name):
+    """Remove the temp files of saves that were killed (SIGKILL, power
+    loss); those of live writers, or of other hosts, stay."""
+    prefix = f'.{name}'
+    for old in glob.glob(os.path.join(glob.escape(folder),
+                                      f'{glob.escape(prefix)}.tmp*')):
+        if is_stale(os.path.basename(old)[len(prefix):]):
+            discard(old)
+
+
+def is_stale(suffix):
+    """Whether a temp file (named by its suffix after the target's name)
+    was written by a process of this host that is gone."""
+    m = TEMP_NAME.fullmatch(suffix) or OLD_TEMP_NAME.fullmatch(suffix)
+    if m is None or m.groupdict().get('host', HOST) != HOST:
+        return False  # another host's pid says nothing here
+    pid = int(m['pid'])
+    if pid == os.getpid():
+        return True  # this process's own, and it is not saving it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
+def discard(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def fsync_dir(folder):
