@@ -4,6 +4,7 @@ import os
 import random
 import socket
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -253,3 +254,67 @@ def test_mid_epoch_resume_refuses_another_number_of_processes(tmp_path,
     monkeypatch.setattr(checkpoint, 'get_world_size', lambda: 2)
     with pytest.raises(CheckpointError, match='processes 1 -> 2'):
         load_training_state(path, model, opt, {})
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 1 MiB filesystem (tmpfs; needs root), to run out of space."""
+    folder = tmp_path / 'fs'
+    folder.mkdir()
+    try:
+        done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m',
+                               'tmpfs', str(folder)], capture_output=True)
+    except OSError as e:  # no mount command
+        pytest.skip(f'cannot mount a small filesystem: {e}')
+    if done.returncode:
+        pytest.skip('cannot mount a small filesystem: '
+                    f'{done.stderr.decode().strip()}')
+    try:
+        yield folder
+    finally:
+        subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_save_on_a_full_disk_says_so_and_keeps_the_old_file(tiny_fs):
+    path = tiny_fs / 'a.pth'
+    save_atomic({'w': torch.arange(10)}, path)
+    with pytest.raises(CheckpointError, match=r'could not write .*a\.pth: '
+                       r'the disk is full \(\d+ MiB free.*--work-dir'):
+        save_atomic({'w': torch.zeros(600_000)}, path)  # 2.4 MB
+    assert torch.equal(load_file(path)['w'], torch.arange(10))
+    assert leftovers(tiny_fs) == []
+
+
+def test_text_write_on_a_full_disk_says_so_and_keeps_the_old_file(tiny_fs):
+    path = tiny_fs / 'config.json'
+    checkpoint.write_text_atomic(path, '{"lr": 0.001}\n')
+    with pytest.raises(CheckpointError, match='the disk is full'):
+        checkpoint.write_text_atomic(path, 'x' * 2**21)
+    assert path.read_text() == '{"lr": 0.001}\n'
+    assert leftovers(tiny_fs) == []
+
+
+def test_write_text_atomic_replaces_the_file(tmp_path):
+    path = tmp_path / 'sub' / 'command.txt'
+    checkpoint.write_text_atomic(path, 'one\n')
+    checkpoint.write_text_atomic(path, 'two\n')
+    assert path.read_text() == 'two\n'
+    assert leftovers(path.parent) == []
+
+
+@pytest.mark.parametrize('free, full', [(0, True), (2**40, False)])
+def test_torch_write_error_is_judged_by_free_space(tmp_path, monkeypatch,
+                                                   free, full):
+    """torch's zip writer hides ENOSPC in a RuntimeError: free space tells
+    a full disk from other errors, which pass through unchanged."""
+    def failing_save(obj, f):
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . '
+                           'unexpected pos 704 vs 598')
+
+    monkeypatch.setattr(torch, 'save', failing_save)
+    monkeypatch.setattr(checkpoint.shutil, 'disk_usage',
+                        lambda p: SimpleNamespace(free=free))
+    with pytest.raises(CheckpointError if full else RuntimeError) as err:
+        save_atomic({'w': torch.ones(3)}, tmp_path / 'a.pth')
+    assert ('disk is full' in str(err.value)) == full
+    assert leftovers(tmp_path) == []

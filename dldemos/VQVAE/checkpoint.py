@@ -6,10 +6,12 @@ the weights, optimizer, next epoch and batch, RNG states and the resolved
 config, all as plain types so that `torch.load(..., weights_only=True)` reads
 it. Every file is written to a temp file and renamed into place.
 """
+import errno
 import glob
 import os
 import random
 import re
+import shutil
 import socket
 
 import numpy as np
@@ -22,22 +24,43 @@ from dldemos.errors import CheckpointError
 def save_atomic(obj, path):
     """torch.save to a temp file in the same folder, then rename: a crash
     mid-write leaves the previous file intact."""
+    write_atomic(path, 'wb', lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path, text):
+    """Write a text file (config.json, command.txt, a JSONL log) the same
+    way, with the same one-line errors, a full disk included."""
+    write_atomic(path, 'w', lambda f: f.write(text))
+
+
+def write_atomic(path, mode, write):
+    """Call write(f) on a temp file opened with `mode`, then rename it to
+    path; errors of the disk become one-line CheckpointErrors."""
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     tmp = os.path.join(folder, f'.{name}.tmp.{HOST}.{os.getpid()}')
     try:
         os.makedirs(folder, exist_ok=True)
         remove_stale_temps(folder, name)
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(folder)  # make the rename itself survive a power loss
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # judged while the temp file still holds the space it took
+        full = disk_full(e, folder)
+        discard(tmp)
+        if full:
+            raise CheckpointError(
+                f'could not write {path}: the disk is full '
+                f'({free_mib(folder)} MiB free on its filesystem); free '
+                'space or pick another --work-dir') from None
+        if not isinstance(e, OSError):
+            raise  # torch failed for another reason: keep its traceback
         raise CheckpointError(f'could not write {path} ({e.strerror or e}): '
-                              'check that its folder is writable and the '
-                              'disk is not full') from None
+                              'check that its folder is writable') from None
     finally:
         discard(tmp)
 
@@ -75,6 +98,33 @@ def is_stale(suffix):
     except OSError:  # PermissionError: alive, another user's
         return False
     return False
+
+
+LOW_SPACE = 16 * 2**20  # bytes: a write that failed with less free ran out
+
+
+def disk_full(err, folder):
+    """Whether a write failed for want of space. torch's zip writer turns
+    ENOSPC into a RuntimeError ('[enforce fail at inline_container.cc ...]')
+    that at best has the OSError as its context: free space decides when
+    the errno is lost."""
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC,
+                                                   errno.EDQUOT):
+            return True
+    if isinstance(err, OSError):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE
+    except OSError:
+        return False
+
+
+def free_mib(folder):
+    try:
+        return shutil.disk_usage(folder).free // 2**20
+    except OSError:
+        return '?'
 
 
 def discard(path):
