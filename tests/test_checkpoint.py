@@ -152,6 +152,38 @@ def test_rng_state_round_trip(tmp_path, warmup):
     assert draws() == expected
 
 
+def fake_gpus(monkeypatch, count):
+    """Pretend `count` CUDA devices; return the states set on each."""
+    restored = {}
+
+    def set_state(state, device='cuda'):
+        index = torch.device(device).index or 0
+        if index >= count:  # as torch does for a device that is not there
+            raise IndexError(f'device {index} of {count}')
+        restored[index] = state
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: count)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', set_state)
+    # what torch.cuda.set_rng_state_all calls
+    monkeypatch.setattr(torch.cuda.random, 'set_rng_state', set_state)
+    return restored
+
+
+@pytest.mark.parametrize('gpus', [0, 1, 2, 4])
+def test_resume_with_fewer_gpus_restores_the_cuda_states_that_fit(
+        monkeypatch, gpus):
+    state = rng_state()
+    state['cuda'] = [torch.full((4,), i, dtype=torch.uint8)
+                     for i in range(4)]  # saved on 4 GPUs
+    restored = fake_gpus(monkeypatch, gpus)
+    expected = draws()
+    set_rng_state(state)
+    assert sorted(restored) == list(range(gpus))
+    assert all(restored[i][0] == i for i in restored)
+    assert draws() == expected  # the CPU RNGs are restored all the same
+
+
 def make_trained(seed=0):
     torch.manual_seed(seed)
     model = VQVAE(1, 8, 8)

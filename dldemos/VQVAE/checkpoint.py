@@ -173,13 +173,22 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    if state.get('cuda') and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    set_cuda_rng_states(state.get('cuda') or [])
     keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state(('MT19937', np.array(keys, dtype=np.uint32), pos,
                          has_gauss, gauss))
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def set_cuda_rng_states(states):
+    """Restore one state per visible GPU. A run resumed on fewer GPUs (or
+    none) than it was saved on skips the states of the missing ones, which
+    torch.cuda.set_rng_state_all would fail on."""
+    if not states or not torch.cuda.is_available():
+        return
+    for index, s in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(s, index)
 
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
