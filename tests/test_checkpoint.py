@@ -2,6 +2,9 @@
 import glob
 import os
 import random
+import socket
+import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,12 +46,38 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+def dead_pid():
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
 def test_stale_temp_of_a_killed_save_is_removed(tmp_path):
+    # named as before the host was in temp names
     path = tmp_path / 'a.pth'
-    stale = tmp_path / '.a.pth.tmp99999'
+    stale = tmp_path / f'.a.pth.tmp{dead_pid()}'
     stale.write_bytes(b'half a checkpoint')
     save_atomic({'w': torch.ones(1)}, path)
     assert not stale.exists()
+
+
+def test_save_keeps_the_temp_files_of_other_live_writers(tmp_path):
+    """Two runs saving to one path: neither may delete the other's temp
+    file mid-write. Only a dead writer's temp file of this host goes."""
+    host = socket.gethostname()
+    writer = subprocess.Popen(['sleep', '30'])
+    try:
+        live = tmp_path / f'.a.pth.tmp.{host}.{writer.pid}'
+        dead = tmp_path / f'.a.pth.tmp.{host}.{dead_pid()}'
+        # a pid of another host cannot be checked from here
+        remote = tmp_path / f'.a.pth.tmp.other-host.{dead_pid()}'
+        for temp in (live, dead, remote):
+            temp.write_bytes(b'half a checkpoint')
+        save_atomic({'w': torch.ones(1)}, tmp_path / 'a.pth')
+        assert live.exists() and remote.exists() and not dead.exists()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 @pytest.mark.parametrize('content', [b'', b'not a checkpoint at all\n',
@@ -121,6 +150,38 @@ def test_rng_state_round_trip(tmp_path, warmup):
     expected = draws()
     set_rng_state(load_file(tmp_path / 'rng.pth'))
     assert draws() == expected
+
+
+def fake_gpus(monkeypatch, count):
+    """Pretend `count` CUDA devices; return the states set on each."""
+    restored = {}
+
+    def set_state(state, device='cuda'):
+        index = torch.device(device).index or 0
+        if index >= count:  # as torch does for a device that is not there
+            raise IndexError(f'device {index} of {count}')
+        restored[index] = state
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: count)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', set_state)
+    # what torch.cuda.set_rng_state_all calls
+    monkeypatch.setattr(torch.cuda.random, 'set_rng_state', set_state)
+    return restored
+
+
+@pytest.mark.parametrize('gpus', [0, 1, 2, 4])
+def test_resume_with_fewer_gpus_restores_the_cuda_states_that_fit(
+        monkeypatch, gpus):
+    state = rng_state()
+    state['cuda'] = [torch.full((4,), i, dtype=torch.uint8)
+                     for i in range(4)]  # saved on 4 GPUs
+    restored = fake_gpus(monkeypatch, gpus)
+    expected = draws()
+    set_rng_state(state)
+    assert sorted(restored) == list(range(gpus))
+    assert all(restored[i][0] == i for i in restored)
+    assert draws() == expected  # the CPU RNGs are restored all the same
 
 
 def make_trained(seed=0):
@@ -225,3 +286,67 @@ def test_mid_epoch_resume_refuses_another_number_of_processes(tmp_path,
     monkeypatch.setattr(checkpoint, 'get_world_size', lambda: 2)
     with pytest.raises(CheckpointError, match='processes 1 -> 2'):
         load_training_state(path, model, opt, {})
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 1 MiB filesystem (tmpfs; needs root), to run out of space."""
+    folder = tmp_path / 'fs'
+    folder.mkdir()
+    try:
+        done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m',
+                               'tmpfs', str(folder)], capture_output=True)
+    except OSError as e:  # no mount command
+        pytest.skip(f'cannot mount a small filesystem: {e}')
+    if done.returncode:
+        pytest.skip('cannot mount a small filesystem: '
+                    f'{done.stderr.decode().strip()}')
+    try:
+        yield folder
+    finally:
+        subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_save_on_a_full_disk_says_so_and_keeps_the_old_file(tiny_fs):
+    path = tiny_fs / 'a.pth'
+    save_atomic({'w': torch.arange(10)}, path)
+    with pytest.raises(CheckpointError, match=r'could not write .*a\.pth: '
+                       r'the disk is full \(\d+ MiB free.*--work-dir'):
+        save_atomic({'w': torch.zeros(600_000)}, path)  # 2.4 MB
+    assert torch.equal(load_file(path)['w'], torch.arange(10))
+    assert leftovers(tiny_fs) == []
+
+
+def test_text_write_on_a_full_disk_says_so_and_keeps_the_old_file(tiny_fs):
+    path = tiny_fs / 'config.json'
+    checkpoint.write_text_atomic(path, '{"lr": 0.001}\n')
+    with pytest.raises(CheckpointError, match='the disk is full'):
+        checkpoint.write_text_atomic(path, 'x' * 2**21)
+    assert path.read_text() == '{"lr": 0.001}\n'
+    assert leftovers(tiny_fs) == []
+
+
+def test_write_text_atomic_replaces_the_file(tmp_path):
+    path = tmp_path / 'sub' / 'command.txt'
+    checkpoint.write_text_atomic(path, 'one\n')
+    checkpoint.write_text_atomic(path, 'two\n')
+    assert path.read_text() == 'two\n'
+    assert leftovers(path.parent) == []
+
+
+@pytest.mark.parametrize('free, full', [(0, True), (2**40, False)])
+def test_torch_write_error_is_judged_by_free_space(tmp_path, monkeypatch,
+                                                   free, full):
+    """torch's zip writer hides ENOSPC in a RuntimeError: free space tells
+    a full disk from other errors, which pass through unchanged."""
+    def failing_save(obj, f):
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . '
+                           'unexpected pos 704 vs 598')
+
+    monkeypatch.setattr(torch, 'save', failing_save)
+    monkeypatch.setattr(checkpoint.shutil, 'disk_usage',
+                        lambda p: SimpleNamespace(free=free))
+    with pytest.raises(CheckpointError if full else RuntimeError) as err:
+        save_atomic({'w': torch.ones(3)}, tmp_path / 'a.pth')
+    assert ('disk is full' in str(err.value)) == full
+    assert leftovers(tmp_path) == []

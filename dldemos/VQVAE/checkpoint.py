@@ -6,10 +6,14 @@ the weights, optimizer, next epoch and batch, RNG states and the resolved
 config, all as plain types so that `torch.load(..., weights_only=True)` reads
 it. Every file is written to a temp file and renamed into place.
 """
+import errno
 import glob
 import hashlib
 import os
 import random
+import re
+import shutil
+import socket
 
 import numpy as np
 import torch
@@ -21,28 +25,114 @@ from dldemos.errors import CheckpointError
 def save_atomic(obj, path):
     """torch.save to a temp file in the same folder, then rename: a crash
     mid-write leaves the previous file intact."""
+    write_atomic(path, 'wb', lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path, text):
+    """Write a text file (config.json, command.txt, a JSONL log) the same
+    way, with the same one-line errors, a full disk included."""
+    write_atomic(path, 'w', lambda f: f.write(text))
+
+
+def write_atomic(path, mode, write):
+    """Call write(f) on a temp file opened with `mode`, then rename it to
+    path; errors of the disk become one-line CheckpointErrors."""
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
-    tmp = os.path.join(folder, f'.{name}.tmp{os.getpid()}')
+    tmp = os.path.join(folder, f'.{name}.tmp.{HOST}.{os.getpid()}')
     try:
         os.makedirs(folder, exist_ok=True)
-        # temp files of a save that was killed (SIGKILL, power loss)
-        for old in glob.glob(os.path.join(glob.escape(folder),
-                                          f'.{glob.escape(name)}.tmp*')):
-            os.remove(old)
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
+        remove_stale_temps(folder, name)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(folder)  # make the rename itself survive a power loss
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # judged while the temp file still holds the space it took
+        full = disk_full(e, folder)
+        discard(tmp)
+        if full:
+            raise CheckpointError(
+                f'could not write {path}: the disk is full '
+                f'({free_mib(folder)} MiB free on its filesystem); free '
+                'space or pick another --work-dir') from None
+        if not isinstance(e, OSError):
+            raise  # torch failed for another reason: keep its traceback
         raise CheckpointError(f'could not write {path} ({e.strerror or e}): '
-                              'check that its folder is writable and the '
-                              'disk is not full') from None
+                              'check that its folder is writable') from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        discard(tmp)
+
+
+# temp file names carry host and pid, so that a save can tell the temp file
+# of a killed save from that of another run saving to the same path now
+HOST = socket.gethostname()
+TEMP_NAME = re.compile(r'\.tmp\.(?P<host>.+)\.(?P<pid>\d+)')
+OLD_TEMP_NAME = re.compile(r'\.tmp(?P<pid>\d+)')  # before the host was in it
+
+
+def remove_stale_temps(folder, name):
+    """Remove the temp files of saves that were killed (SIGKILL, power
+    loss); those of live writers, or of other hosts, stay."""
+    prefix = f'.{name}'
+    for old in glob.glob(os.path.join(glob.escape(folder),
+                                      f'{glob.escape(prefix)}.tmp*')):
+        if is_stale(os.path.basename(old)[len(prefix):]):
+            discard(old)
+
+
+def is_stale(suffix):
+    """Whether a temp file (named by its suffix after the target's name)
+    was written by a process of this host that is gone."""
+    m = TEMP_NAME.fullmatch(suffix) or OLD_TEMP_NAME.fullmatch(suffix)
+    if m is None or m.groupdict().get('host', HOST) != HOST:
+        return False  # another host's pid says nothing here
+    pid = int(m['pid'])
+    if pid == os.getpid():
+        return True  # this process's own, and it is not saving it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
+LOW_SPACE = 16 * 2**20  # bytes: a write that failed with less free ran out
+
+
+def disk_full(err, folder):
+    """Whether a write failed for want of space. torch's zip writer turns
+    ENOSPC into a RuntimeError ('[enforce fail at inline_container.cc ...]')
+    that at best has the OSError as its context: free space decides when
+    the errno is lost."""
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC,
+                                                   errno.EDQUOT):
+            return True
+    if isinstance(err, OSError):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE
+    except OSError:
+        return False
+
+
+def free_mib(folder):
+    try:
+        return shutil.disk_usage(folder).free // 2**20
+    except OSError:
+        return '?'
+
+
+def discard(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def file_sha256(path):
@@ -94,13 +184,22 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    if state.get('cuda') and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    set_cuda_rng_states(state.get('cuda') or [])
     keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state(('MT19937', np.array(keys, dtype=np.uint32), pos,
                          has_gauss, gauss))
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def set_cuda_rng_states(states):
+    """Restore one state per visible GPU. A run resumed on fewer GPUs (or
+    none) than it was saved on skips the states of the missing ones, which
+    torch.cuda.set_rng_state_all would fail on."""
+    if not states or not torch.cuda.is_available():
+        return
+    for index, s in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(s, index)
 
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
