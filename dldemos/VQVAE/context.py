@@ -15,7 +15,8 @@ import torch
 
 from dldemos.dist_utils import get_rank, is_main
 from dldemos.errors import UsageError
-from dldemos.VQVAE.checkpoint import plain, resume_path
+from dldemos.VQVAE.checkpoint import plain, resume_path, write_text_atomic
+from dldemos.VQVAE.work_lock import lock_work_dir
 
 
 @dataclass
@@ -72,8 +73,10 @@ def prepare_work_dir(ctx, argv):
                          f'({e.strerror}): pick another with --work-dir') \
             from None
     if is_main():
-        with open(ctx.out('config.json'), 'w') as f:
-            json.dump(plain(ctx.cfg), f, indent=1)
+        # one run per work dir: a second would overwrite the first's files
+        lock_work_dir(ctx.work_dir)
+        write_text_atomic(ctx.out('config.json'),
+                          json.dumps(plain(ctx.cfg), indent=1))
         with open(ctx.out('command.txt'), 'a') as f:
             f.write(' '.join([sys.executable] + list(argv)) + '\n')
 

@@ -19,6 +19,7 @@ from dldemos.VQVAE.context import (RunContext, check_outputs,
                                    prepare_work_dir, seed_everything)
 from dldemos.VQVAE.dataset import get_dataset
 from dldemos.VQVAE.logs import log
+from dldemos.VQVAE.work_lock import unlock_work_dir
 
 
 def build_parser(description):
@@ -78,6 +79,7 @@ def launch(train, description, argv=None):
         code = report_errors(start_and_train, args.debug,
                              f'error (rank {rank})' if rank else 'error')
     finally:
+        unlock_work_dir(args.work_dir)
         cleanup_distributed()
     if code:
         sys.exit(code)

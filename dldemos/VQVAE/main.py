@@ -41,6 +41,7 @@ from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
 from dldemos.VQVAE.plots import preview_reconstruction, save_grid
 from dldemos.VQVAE.sampling import sample
+from dldemos.VQVAE.work_lock import unlock_work_dir
 
 
 # ------------------------------------------------------ 1. train the VQ-VAE
@@ -257,7 +258,10 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv if argv is None else ['main.py'] + list(argv)
     args = build_parser().parse_args(argv[1:])
-    code = report_errors(lambda: run(args, argv), args.debug)
+    try:
+        code = report_errors(lambda: run(args, argv), args.debug)
+    finally:
+        unlock_work_dir(args.work_dir)
     if code:
         sys.exit(code)
 
