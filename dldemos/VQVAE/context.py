@@ -15,7 +15,9 @@ import torch
 
 from dldemos.dist_utils import get_rank, is_main
 from dldemos.errors import UsageError
-from dldemos.VQVAE.checkpoint import plain, resume_path, write_text_atomic
+from dldemos.VQVAE.checkpoint import (file_sha256, load_model, plain,
+                                      read_provenance, resume_path,
+                                      write_text_atomic)
 from dldemos.VQVAE.work_lock import lock_work_dir
 
 
@@ -79,6 +81,31 @@ def prepare_work_dir(ctx, argv):
                           json.dumps(plain(ctx.cfg), indent=1))
         with open(ctx.out('command.txt'), 'a') as f:
             f.write(' '.join([sys.executable] + list(argv)) + '\n')
+
+
+def load_stage_input(model, ctx, key, stage):
+    """Load the checkpoint a stage needs, or say which stage makes it."""
+    what, maker = {'vqvae_path': ('VQ-VAE', 1),
+                   'gen_model_path': ('PixelCNN', 3)}[key]
+    path = ctx.ckpt(key)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UsageError(f'{path} is a broken or looping symbolic link: '
+                         f'point it at a {what} checkpoint or delete it')
+    if not os.path.isfile(path):
+        raise UsageError(f'stage {stage} needs the {what} checkpoint {path}, '
+                         f'which does not exist: run stage {maker} first '
+                         f'(--stages {maker})')
+    return load_model(model, path, f'{what} checkpoint')
+
+
+def check_prior_matches_vqvae(ctx):
+    """A prior sampled through another VQ-VAE's decoder gives noise."""
+    saved = read_provenance(ctx.ckpt('gen_model_path')).get('vqvae_sha256')
+    if saved and saved != file_sha256(ctx.ckpt('vqvae_path')):
+        raise UsageError(f'the PixelCNN {ctx.ckpt("gen_model_path")} was '
+                         'trained on the codes of another VQ-VAE than '
+                         f'{ctx.ckpt("vqvae_path")} (retrained since): train '
+                         'the prior again with --stages 3,4')
 
 
 def seed_everything(seed):

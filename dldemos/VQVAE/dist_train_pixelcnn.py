@@ -18,7 +18,8 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
 
 from dldemos.VQVAE.build import build_models
 from dldemos.VQVAE.dist_launch import launch
-from dldemos.VQVAE.main import load_stage_input, train_generative_model
+from dldemos.VQVAE.context import load_stage_input
+from dldemos.VQVAE.main import train_generative_model
 
 
 def train(ctx):

@@ -28,12 +28,14 @@ import torch.nn as nn
 from dldemos.dist_utils import get_world_size, is_dist
 from dldemos.errors import UsageError, report_errors
 from dldemos.VQVAE.build import autocast, build_models, prepare_for_training
-from dldemos.VQVAE.checkpoint import file_sha256, load_model, read_provenance
+from dldemos.VQVAE.checkpoint import file_sha256
 from dldemos.VQVAE.cli import add_common_args, check_seed, pick_device
 from dldemos.VQVAE.config_check import load_cfg
 from dldemos.VQVAE.configs import CONFIG_NAMES
 from dldemos.VQVAE.context import (RunContext, check_outputs,
-                                   prepare_work_dir, seed_everything)
+                                   check_prior_matches_vqvae,
+                                   load_stage_input, prepare_work_dir,
+                                   seed_everything)
 from dldemos.VQVAE.epoch_runner import Stage, run_epochs
 from dldemos.VQVAE.loaders import code_loader, image_loader
 from dldemos.VQVAE.logs import log
@@ -153,31 +155,6 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
 
 
 # ------------------------------------------------------ the run
-def load_stage_input(model, ctx, key, stage):
-    """Load the checkpoint a stage needs, or say which stage makes it."""
-    what, maker = {'vqvae_path': ('VQ-VAE', 1),
-                   'gen_model_path': ('PixelCNN', 3)}[key]
-    path = ctx.ckpt(key)
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UsageError(f'{path} is a broken or looping symbolic link: '
-                         f'point it at a {what} checkpoint or delete it')
-    if not os.path.isfile(path):
-        raise UsageError(f'stage {stage} needs the {what} checkpoint {path}, '
-                         f'which does not exist: run stage {maker} first '
-                         f'(--stages {maker})')
-    return load_model(model, path, f'{what} checkpoint')
-
-
-def check_prior_matches_vqvae(ctx):
-    """A prior sampled through another VQ-VAE's decoder gives noise."""
-    saved = read_provenance(ctx.ckpt('gen_model_path')).get('vqvae_sha256')
-    if saved and saved != file_sha256(ctx.ckpt('vqvae_path')):
-        raise UsageError(f'the PixelCNN {ctx.ckpt("gen_model_path")} was '
-                         'trained on the codes of another VQ-VAE than '
-                         f'{ctx.ckpt("vqvae_path")} (retrained since): train '
-                         'the prior again with --stages 3,4')
-
-
 def announce(ctx, config_id, stages):
     cfg = ctx.cfg
     log(f'config {config_id} ({CONFIG_NAMES[config_id]}): stages '
