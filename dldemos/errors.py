@@ -5,6 +5,7 @@ every other module can raise these without import cycles. Each class is a
 kind of bad input or stop that ends a run with one line and an exit code
 instead of a traceback.
 """
+import signal
 import sys
 
 from dldemos.dist_utils import is_main
@@ -33,24 +34,43 @@ class Interrupted(Exception):
     """Training stopped by a signal (after saving a resume point)."""
 
 
-def report_errors(fn, debug=False, label='error'):
+def report_errors(fn, debug=False, label='error', quiet=False):
     """Run fn() for a command-line entry point and return its exit code:
     0, 130 after a stop (Ctrl-C / SIGTERM), or 2 after bad input, said in one
-    line (`debug` re-raises for the traceback instead)."""
+    line (`debug` re-raises for the traceback instead; `quiet`: the exit code
+    only, for the other torchrun ranks, whose rank 0 says it once).
+
+    SIGTERM outside the training loops (which save a resume point first) is
+    handled like Ctrl-C: exit 130 with a message, not a silent 143."""
+    set_sigterm_handler()
     try:
         fn()
         return 0
     except Interrupted as e:
-        if is_main():
+        if is_main() and not quiet:
             print(e, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # outside the training loops
+    except KeyboardInterrupt:  # outside the training loops, or a 3rd signal
         if debug:
             raise
-        print('interrupted', file=sys.stderr, flush=True)
+        if not quiet:
+            print('interrupted: nothing was saved after the last checkpoint',
+                  file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (UsageError, CheckpointError, NonFiniteLoss) as e:
         if debug:
             raise
-        print(f'{label}: {e}', file=sys.stderr, flush=True)
+        if not quiet:
+            print(f'{label}: {e}', file=sys.stderr, flush=True)
         return EXIT_USAGE
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def set_sigterm_handler():
+    try:
+        signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        pass

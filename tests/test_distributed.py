@@ -45,7 +45,7 @@ def tiny_cfg(*extra):
     return apply_overrides(get_cfg(5), TINY + list(extra))
 
 
-def torchrun(script, args, timeout=240):
+def torchrun(script, args, timeout=240, ok=True):
     """2 processes on this machine; returns stdout + stderr."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
@@ -54,8 +54,18 @@ def torchrun(script, args, timeout=240):
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=timeout)
     out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
+    assert (r.returncode == 0) == ok, out[-3000:]
     return out
+
+
+def test_bad_config_key_is_said_once_by_rank_0(tmp_path):
+    out = torchrun('dist_train_vqvae.py',
+                   ['-c', '5', '--device', 'cpu', '--work-dir',
+                    str(tmp_path), '--cfg-options', 'no_such_key=1'],
+                   ok=False)
+    errors = [line for line in out.splitlines()
+              if line.startswith('error')]
+    assert len(errors) == 1 and 'no_such_key' in errors[0], out[-3000:]
 
 
 def printed_loss(out):

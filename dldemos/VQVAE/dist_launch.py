@@ -59,6 +59,12 @@ def launch(train, description, argv=None):
     argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
     args = build_parser(description).parse_args(argv[1:])
     rank = int(os.environ.get('RANK', 0))
+    if 'RANK' in os.environ and rank != 0:
+        # bad flags or config keys fail alike on every rank: rank 0 says it
+        try:
+            load_cfg(args.c, args.cfg_options, check_seed(args.seed))
+        except UsageError:
+            sys.exit(2)
 
     def start_and_train():
         if 'RANK' not in os.environ:
