@@ -151,3 +151,15 @@ def test_encode_decode_consistent_with_forward(input_dim, size):
         # forward feeds ze + (zq - ze): equal to zq up to rounding
         torch.testing.assert_close(x_hat, decoded, atol=1e-5, rtol=1e-5)
         assert torch.equal(codes, model.quantize(ze))
+
+
+def test_encode_decode_build_no_graph_even_with_grad_enabled():
+    # the tutorial's encode / decode are inference helpers: callers outside
+    # training must not pay for (or hold on to) an autograd graph
+    model = small_vqvae()
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    with torch.enable_grad():
+        codes = model.encode(x)
+        decoded = model.decode(codes)
+    assert not codes.requires_grad and codes.grad_fn is None
+    assert not decoded.requires_grad and decoded.grad_fn is None

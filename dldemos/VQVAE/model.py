@@ -82,10 +82,14 @@ class VQVAE(nn.Module):
         x_hat = self.decoder(decoder_input)  # [N, input_dim, 4H, 4W]
         return x_hat, ze, zq
 
+    # encode / decode are the tutorial's inference helpers (code cache,
+    # sampling, evaluation): no autograd graph. Training goes through forward.
+    @torch.no_grad()
     def encode(self, x):
         ze = self.encoder(x)
         return self.quantize(ze)  # [N, H, W]
 
+    @torch.no_grad()
     def decode(self, discrete_latent):
         zq = self.vq_embedding(discrete_latent).permute(0, 3, 1, 2)  # [N, C, H, W]
         return self.decoder(zq)
