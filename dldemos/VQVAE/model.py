@@ -24,8 +24,8 @@ class ResidualBlock(nn.Module):
         return x + tmp
 
 
-# Eager even under torch.compile: full_fp32 flips global settings, which must
-# happen when the matmul runs, not while dynamo traces (it graph-breaks on them)
+# Eager even under torch.compile: full_fp32 flips global settings, which
+# must happen when the matmul runs, not while dynamo traces
 @torch.compiler.disable
 def nearest_neighbor(z, embedding, chunk_rows=65536):
     """Index of the nearest codebook row for each row of z.
