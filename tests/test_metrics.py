@@ -110,6 +110,25 @@ def test_frechet_of_a_set_with_itself_is_zero(n, d):
     assert frechet_distance_of(f, f) == pytest.approx(0, abs=1e-5)
 
 
+def test_frechet_rejects_a_large_imaginary_part_of_the_root():
+    # not covariances (one negative variance): sqrtm(diag(1, -1)) = diag(1, i)
+    mu = np.zeros(2)
+    with pytest.raises(ValueError,
+                       match=r'imaginary component up to 1\.000e\+00'):
+        frechet_distance(mu, np.diag([1., -1.]), mu, np.eye(2))
+
+
+def test_frechet_of_nearly_singular_covariances_still_works():
+    # rank 3 in 6 dimensions: the root may pick up a rounding-size
+    # imaginary part, which is dropped
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    s1, s2 = a @ a.T + 1e-9 * np.eye(6), b @ b.T + 1e-9 * np.eye(6)
+    mu = np.zeros(6)
+    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(
+        closed_form(mu, s1, mu, s2), rel=1e-4, abs=1e-6)
+
+
 def test_feature_stats_rejects_a_single_sample():
     with pytest.raises(ValueError, match='N >= 2'):
         feature_stats(np.zeros((1, 3)))

@@ -172,3 +172,25 @@ def test_output_shape_and_classes():
     model = small_prior(n_blocks=1, p=4, linear_dim=4, K=7).eval()
     x = torch.randint(0, 7, (2, 3, 5))
     assert model(x).shape == (2, 7, 3, 5)
+
+
+def test_output_layer_runs_in_fp32_under_bf16_autocast():
+    # the prior's cross-entropy must see fp32 logits from an fp32 layer
+    model = small_prior(n_blocks=1, p=8, linear_dim=16, K=32).eval()
+    seen = {}
+    model.linear2.register_forward_hook(
+        lambda m, i, o: seen.update(linear2=o.dtype))
+    model.out.register_forward_hook(
+        lambda m, i, o: seen.update(inp=i[0], out=o))
+    x = torch.randint(0, 32, (2, 5, 6))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = model(x)  # [2, K, 5, 6]
+    assert seen['linear2'] == torch.bfloat16  # autocast is on before it
+    assert logits.dtype == torch.float32
+    inp = seen['inp']  # linear2's bf16 output, upcast
+    assert inp.dtype == torch.float32 and torch.equal(inp.bfloat16().float(),
+                                                      inp)
+    with torch.no_grad():
+        expected = F.conv2d(inp, model.out.weight, model.out.bias)
+    assert expected.dtype == torch.float32
+    torch.testing.assert_close(seen['out'], expected, atol=1e-6, rtol=1e-6)

@@ -103,3 +103,26 @@ def test_top_k_and_temperature_reach_the_cached_sampler():
     cached, _ = run_sampler(model, 'cached', 3, 4, 4, temperature=0.7,
                             top_k=4)
     assert torch.equal(naive, cached)
+
+
+def test_cached_sampler_runs_in_full_fp32_and_restores_settings():
+    # on CUDA, TF32 cuDNN convs (vertical stack) against fp32 addmm
+    # (horizontal stack) would make its logits differ from the naive loop's
+    def fp32_flags():
+        return (torch.get_float32_matmul_precision(),
+                torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32)
+
+    before = fp32_flags()
+    seen = []
+    try:
+        torch.set_float32_matmul_precision('medium')
+        torch.backends.cudnn.allow_tf32 = True
+        sample_codes(random_prior(), 2, 3, 3, 'cpu', 'cached',
+                     on_step=lambda i, j, z: seen.append(fp32_flags()))
+        after = fp32_flags()
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[2]
+    assert seen == [('highest', False, False)] * 9
+    assert after == ('medium', True, True)

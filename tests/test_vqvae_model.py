@@ -123,6 +123,36 @@ def test_nearest_neighbor_exact_codebook_rows_map_to_themselves():
     assert torch.equal(nearest_neighbor(embedding[perm], embedding), perm)
 
 
+def near_tie_points(M=512, K=32, C=64, seed=0):
+    """Rows of z a hair (relative gap ~1e-5) off the bisector of two codes:
+    fp32 distances still order them, bf16 ones (~4e-3) do not."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(K, C, generator=g)
+    i = torch.randint(0, K // 2, (M,), generator=g)
+    a, b = e[2 * i], e[2 * i + 1]  # [M, C]
+    n = (a - b) / (a - b).norm(dim=1, keepdim=True)  # bisector normal
+    r = torch.randn(M, C, generator=g) * 3
+    r = r - (r * n).sum(1, keepdim=True) * n  # within the bisector
+    sign = torch.randint(0, 2, (M, 1), generator=g) * 2 - 1
+    delta = sign * (0.5e-3 + 0.5e-3 * torch.rand(M, 1, generator=g))
+    return (a + b) / 2 + r + delta * n, e
+
+
+def test_nearest_neighbor_ignores_matmul_precision_setting():
+    # 'medium' lets fp32 matmuls run in bf16 (oneDNN on CPU, cuBLAS on CUDA)
+    z, e = near_tie_points()
+    d = ((z.double()[:, None] - e.double()[None])**2).sum(-1)  # [M, K]
+    expected = d.argmin(1)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision('medium')
+        got = nearest_neighbor(z, e, chunk_rows=100)
+        assert torch.get_float32_matmul_precision() == 'medium'
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(got, expected)
+
+
 def test_nearest_neighbor_empty_input():
     out = nearest_neighbor(torch.zeros(0, 4), torch.randn(3, 4))
     assert out.shape == (0,) and out.dtype == torch.long
@@ -151,3 +181,15 @@ def test_encode_decode_consistent_with_forward(input_dim, size):
         # forward feeds ze + (zq - ze): equal to zq up to rounding
         torch.testing.assert_close(x_hat, decoded, atol=1e-5, rtol=1e-5)
         assert torch.equal(codes, model.quantize(ze))
+
+
+def test_encode_decode_build_no_graph_even_with_grad_enabled():
+    # the tutorial's encode / decode are inference helpers: callers outside
+    # training must not pay for (or hold on to) an autograd graph
+    model = small_vqvae()
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    with torch.enable_grad():
+        codes = model.encode(x)
+        decoded = model.decode(codes)
+    assert not codes.requires_grad and codes.grad_fn is None
+    assert not decoded.requires_grad and decoded.grad_fn is None

@@ -118,10 +118,26 @@ def _sqrtm(a, strict=True):
     return root if not strict or np.isfinite(root).all() else None
 
 
+def _real_part(root, atol=1e-3):
+    """Real part of the root of sigma1 @ sigma2. Rounding gives the root of a
+    PSD product a tiny imaginary part, which is dropped. A large one (over
+    atol on the diagonal, the only part the trace reads: pytorch-fid's test)
+    means the inputs were not covariances: dropping it would hide that."""
+    imag = np.abs(np.diagonal(root).imag).max(initial=0.0)
+    if imag > atol:
+        raise ValueError(
+            f'frechet_distance: the square root of sigma1 @ sigma2 has an '
+            f'imaginary component up to {imag:.3e} on its diagonal (over '
+            f'{atol:g}): sigma1 and sigma2 must be positive semi-definite '
+            f'covariance matrices')
+    return np.real(root)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """Squared Frechet distance of N(mu1, sigma1) and N(mu2, sigma2):
     |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
-    This is FID when the statistics are Inception features."""
+    This is FID when the statistics are Inception features. Raises
+    ValueError when sigma1 @ sigma2 has no real root (not covariances)."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     diff = mu1 - mu2
@@ -131,8 +147,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
         # covariances towards the identity so the root exists
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset), strict=False)
-    # rounding gives the root of a PSD product a tiny imaginary part
-    covmean = np.real(covmean)
+    covmean = _real_part(covmean)
     d = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - \
         2 * np.trace(covmean)
     return float(max(d, 0.0))

@@ -5,6 +5,8 @@ Module names and shapes are the tutorial's, so its checkpoints load unchanged.
 import torch
 import torch.nn as nn
 
+from dldemos.precision import full_fp32
+
 
 class ResidualBlock(nn.Module):
 
@@ -22,6 +24,9 @@ class ResidualBlock(nn.Module):
         return x + tmp
 
 
+# Eager even under torch.compile: full_fp32 flips global settings, which
+# must happen when the matmul runs, not while dynamo traces
+@torch.compiler.disable
 def nearest_neighbor(z, embedding, chunk_rows=65536):
     """Index of the nearest codebook row for each row of z.
 
@@ -30,10 +35,11 @@ def nearest_neighbor(z, embedding, chunk_rows=65536):
     broadcast, which at the paper's scale (K=512, C=256, 32x32, batch 32)
     needs ~17 GB. |z|^2 is constant per row, so it does not change the argmin
     and is left out. Rows are processed in chunks so the [M, K] distance
-    matrix stays bounded. Computed in fp32 even under autocast: bf16 distances
-    flip near-ties and change which code is chosen.
+    matrix stays bounded. Computed in full fp32 even under autocast or a
+    float32 matmul precision of 'high' / 'medium': TF32 / bf16 distances flip
+    near-ties and change which code is chosen.
     """
-    with torch.autocast(z.device.type, enabled=False):
+    with torch.autocast(z.device.type, enabled=False), full_fp32():
         z = z.float()
         e = embedding.float()
         e_sq = (e * e).sum(1)  # [K]
@@ -82,10 +88,14 @@ class VQVAE(nn.Module):
         x_hat = self.decoder(decoder_input)  # [N, input_dim, 4H, 4W]
         return x_hat, ze, zq
 
+    # encode / decode are the tutorial's inference helpers (code cache,
+    # sampling, evaluation): no autograd graph. Training goes through forward.
+    @torch.no_grad()
     def encode(self, x):
         ze = self.encoder(x)
         return self.quantize(ze)  # [N, H, W]
 
+    @torch.no_grad()
     def decode(self, discrete_latent):
         zq = self.vq_embedding(discrete_latent).permute(0, 3, 1, 2)  # [N, C, H, W]
         return self.decoder(zq)

@@ -43,7 +43,8 @@ def sample_incremental(gen_model, n, H, W, device, temperature=1.0,
                        top_k=None, generator=None, on_step=None):
     """Each layer's vertical stack once per completed row, its horizontal
     stack once per position from cached left neighbours: O(H * W) work
-    instead of the naive O((H * W)^2), same logits and draws."""
+    instead of the naive O((H * W)^2), same logits and draws as the naive
+    loop run in full fp32 (it always runs in full fp32: see cached_sampler)."""
     return cached_sampler.sample_incremental(
         gen_model, n, H, W, device, sample_from_logits, temperature, top_k,
         generator, on_step)

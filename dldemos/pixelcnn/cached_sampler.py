@@ -18,10 +18,20 @@ Batch norm in eval mode is a per-channel affine map; it is folded into the
 convolution before it, so a position needs no extra ops for it. Every layer
 of the model is computed the same way as in `forward`, only for fewer
 positions: the logits agree with the full pass to float rounding.
+
+It computes in full fp32: sample_incremental turns off TF32 (cuDNN convolutions,
+on by default on CUDA, and cuBLAS matmuls) and a float32 matmul precision of
+'high' / 'medium' while it runs, and restores them afterwards. Otherwise on
+CUDA the vertical stack (a cuDNN conv) would run in TF32 and the horizontal
+one (addmm) in fp32. The naive full-pass loop it is compared against must
+also run in full fp32 (e.g. inside `dldemos.precision.full_fp32()`) for
+equal logits and draws: with the defaults its convolutions use TF32.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dldemos.precision import full_fp32
 
 
 def _fold_bn(weight, bias, bn):
@@ -76,8 +86,10 @@ def _gate(x, p):
 
 
 @torch.no_grad()
+@full_fp32()  # see the module docstring
 def sample_incremental(gen_model, n, H, W, device, sample_fn,
-                       temperature=1.0, top_k=None, generator=None, on_step=None):
+                       temperature=1.0, top_k=None, generator=None,
+                       on_step=None):
     """Codes [n, H, W] drawn from a PixelCNNWithEmbedding in eval mode.
 
     sample_fn(logits [n, K], temperature, top_k, generator) -> codes [n]

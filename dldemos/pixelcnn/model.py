@@ -133,5 +133,10 @@ class GatedPixelCNN(nn.Module):
         x = self.linear1(x)
         x = self.relu(x)
         x = self.linear2(x)
-        x = self.out(x)  # [N, color_level, H, W]
+        # the prior's cross-entropy needs fp32 logits: under bf16 autocast
+        # the output layer still runs in its weights' dtype (fp32), on its
+        # bf16 input upcast. Without autocast this is the same computation
+        # (and a float64 model stays float64).
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.out(x.to(self.out.weight.dtype))  # [N, color_level, H, W]
         return x
