@@ -85,7 +85,8 @@ def main(argv=None):
     n = args.batch or (81 if cuda else 2)
     repeats = args.repeats or (3 if cuda else 1)
     table = Table('Sampling (codes of one batch, fp32)', device,
-                  'ratio = tutorial time / ours (median of repeats; '
+                  'ratio = tutorial time / ours (median of repeats; ours '
+                  "always runs in full fp32, the tutorial's loop with "
                   "PyTorch's default TF32 settings)")
     for cid in [int(c) for c in args.configs.split(',')]:
         cfg = get_cfg(cid)
