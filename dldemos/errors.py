@@ -5,6 +5,7 @@ every other module can raise these without import cycles. Each class is a
 kind of bad input or stop that ends a run with one line and an exit code
 instead of a traceback.
 """
+import signal
 import sys
 
 from dldemos.dist_utils import is_main
@@ -33,10 +34,30 @@ class Interrupted(Exception):
     """Training stopped by a signal (after saving a resume point)."""
 
 
-def report_errors(fn, debug=False, label='error'):
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loops (nothing to save): a Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def report_errors(fn, debug=False, label='error', catch_sigterm=True):
     """Run fn() for a command-line entry point and return its exit code:
     0, 130 after a stop (Ctrl-C / SIGTERM), or 2 after bad input, said in one
     line (`debug` re-raises for the traceback instead)."""
+    # SIGTERM's default action kills the process silently (exit 143), so
+    # outside the training loops (which install their own handler and save a
+    # resume point) it ended stage 4 or evaluate.py without a word: make it
+    # stop the run the way Ctrl-C does. (The torchrun launchers opt out:
+    # torchrun ends the other ranks with SIGTERM when one fails, and a rank
+    # blocked in a collective would not run a Python handler.)
+    old = None
+    if catch_sigterm:
+        try:
+            old = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
     try:
         fn()
         return 0
@@ -44,13 +65,17 @@ def report_errors(fn, debug=False, label='error'):
         if is_main():
             print(e, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # outside the training loops
+    except KeyboardInterrupt as e:  # outside the training loops
         if debug:
             raise
-        print('interrupted', file=sys.stderr, flush=True)
+        print('stopped by SIGTERM' if isinstance(e, Terminated) else
+              'interrupted', file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (UsageError, CheckpointError, NonFiniteLoss) as e:
         if debug:
             raise
         print(f'{label}: {e}', file=sys.stderr, flush=True)
         return EXIT_USAGE
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
