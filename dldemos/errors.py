@@ -34,43 +34,50 @@ class Interrupted(Exception):
     """Training stopped by a signal (after saving a resume point)."""
 
 
-def report_errors(fn, debug=False, label='error', quiet=False):
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loops (nothing to save): a Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def report_errors(fn, debug=False, label='error', catch_sigterm=True):
     """Run fn() for a command-line entry point and return its exit code:
     0, 130 after a stop (Ctrl-C / SIGTERM), or 2 after bad input, said in one
-    line (`debug` re-raises for the traceback instead; `quiet`: the exit code
-    only, for the other torchrun ranks, whose rank 0 says it once).
-
-    SIGTERM outside the training loops (which save a resume point first) is
-    handled like Ctrl-C: exit 130 with a message, not a silent 143."""
-    set_sigterm_handler()
+    line (`debug` re-raises for the traceback instead)."""
+    # SIGTERM's default action kills the process silently (exit 143), so
+    # outside the training loops (which install their own handler and save a
+    # resume point) it ended stage 4 or evaluate.py without a word: make it
+    # stop the run the way Ctrl-C does. (The torchrun launchers opt out:
+    # torchrun ends the other ranks with SIGTERM when one fails, and a rank
+    # blocked in a collective would not run a Python handler.)
+    old = None
+    if catch_sigterm:
+        try:
+            old = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
     try:
         fn()
         return 0
     except Interrupted as e:
-        if is_main() and not quiet:
+        if is_main():
             print(e, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # outside the training loops, or a 3rd signal
+    except KeyboardInterrupt as e:  # outside the training loops
         if debug:
             raise
-        if not quiet:
-            print('interrupted: nothing was saved after the last checkpoint',
-                  file=sys.stderr, flush=True)
+        # a Ctrl-C here (or the third one in training) saved nothing
+        print('stopped by SIGTERM' if isinstance(e, Terminated) else
+              'interrupted: nothing was saved since the last checkpoint',
+              file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (UsageError, CheckpointError, NonFiniteLoss) as e:
         if debug:
             raise
-        if not quiet:
-            print(f'{label}: {e}', file=sys.stderr, flush=True)
+        print(f'{label}: {e}', file=sys.stderr, flush=True)
         return EXIT_USAGE
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
-def set_sigterm_handler():
-    try:
-        signal.signal(signal.SIGTERM, _sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)

@@ -196,3 +196,90 @@ def test_command_line_prints_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ')
     assert 'kaggle.com' in lines[0]
+
+
+# ---------------------------------------- refused before anything is written
+def one_line_error(capsys, *argv):
+    """Run main.py with argv: exit 2 and exactly one stderr line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main_mod.main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize('flags, options, expected', [
+    (['--device', 'foo'], [], "--device 'foo' is not a device"),
+    (['--device', 'cuda'], [], 'no CUDA GPU'),  # conftest hides the GPUs
+    (['--seed', '18446744073709551616'], [], '--seed'),
+    (['--seed', '-1'], [], '--seed -1'),
+    ([], ['n_preview=-1'], 'n_preview=-1'),
+    ([], ['num_workers=-1'], 'num_workers=-1'),
+    ([], ['preview_every=-1'], 'preview_every=-1'),
+    ([], ['temperature=inf'], 'temperature'),
+    ([], ['temperature=1e999'], 'finite'),
+    ([], ['use_lmdb=True'], 'use_lmdb'),
+    ([], ['img_shape=(1,4096,4096)'], 'larger than'),
+    ([], ['vqvae_path=same.pth', 'gen_model_path=same.pth'], 'same file'),
+    ([], ['vqvae_path='], 'vqvae_path'),
+    ([], ['gen_model_path= '], 'gen_model_path'),
+])
+def test_refused_before_the_work_dir_is_made(capsys, tmp_path,
+                                             tiny_data_root, flags, options,
+                                             expected):
+    work_dir = tmp_path / 'wd'
+    msg = one_line_error(capsys, '-c', 5, '--data-root', tiny_data_root,
+                         '--work-dir', work_dir, '--stages', 1, *flags,
+                         '--cfg-options', *TINY, *options)
+    assert expected in msg
+    assert not work_dir.exists()
+
+
+def test_work_dir_that_is_a_file(capsys, tmp_path, tiny_data_root):
+    work_dir = tmp_path / 'wd'
+    work_dir.write_text('not a folder')
+    msg = one_line_error(capsys, '-c', 5, '--data-root', tiny_data_root,
+                         '--work-dir', work_dir, '--cfg-options', *TINY)
+    assert 'is a file' in msg
+    assert work_dir.read_text() == 'not a folder'
+
+
+@pytest.mark.parametrize('resume', [[], ['--resume']])
+def test_zero_epochs_on_a_fresh_work_dir(capsys, tmp_path, tiny_data_root,
+                                         resume):
+    # with --resume too: nothing was restored, so nothing may be saved
+    msg = one_line_error(capsys, '-c', 5, '--data-root', tiny_data_root,
+                         '--work-dir', tmp_path, '--stages', 1, *resume,
+                         '--cfg-options', *[o for o in TINY if not o.startswith('n_epochs=')],
+                         'n_epochs=0')
+    assert 'n_epochs=0 trains nothing' in msg
+    assert not (tmp_path / 'model_mnist_quick.pth').exists()
+
+
+# ---------------------------------------- a checkpoint path that is no file
+@pytest.mark.parametrize('stage', [2, 4])
+def test_checkpoint_path_is_a_symlink_loop(capsys, tmp_path, tiny_data_root,
+                                           stage):
+    a, b = tmp_path / 'model_mnist_quick.pth', tmp_path / 'loop.pth'
+    os.symlink(a, b)
+    os.symlink(b, a)
+    msg = one_line_error(capsys, '-c', 5, '--data-root', tiny_data_root,
+                         '--work-dir', tmp_path, '--stages', stage,
+                         '--cfg-options', *TINY)
+    assert 'symbolic link' in msg and str(a) in msg
+
+
+@pytest.mark.parametrize('key, name, stage', [
+    ('vqvae_path', 'model_mnist_quick.pth', 2),
+    ('gen_model_path', 'gen_model_mnist_quick.pth', 4)])
+def test_checkpoint_path_is_a_folder(capsys, tmp_path, tiny_data_root, key,
+                                     name, stage):
+    torch.save(VQVAE(1, 8, 8).state_dict(), tmp_path / 'model_mnist_quick.pth')
+    (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / name).mkdir()
+    msg = one_line_error(capsys, '-c', 5, '--data-root', tiny_data_root,
+                         '--work-dir', tmp_path, '--stages', stage,
+                         '--cfg-options', *TINY)
+    assert 'is a folder' in msg and key in msg

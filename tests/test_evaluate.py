@@ -117,3 +117,83 @@ def test_classifier_features_and_probabilities():
     assert feats.shape == (5, 128) and probs.shape == (5, 10)
     assert torch.allclose(probs.sum(-1), torch.ones(5))
     assert (feats >= 0).all()  # after ReLU
+
+
+# ------------------------------------------- what exists is what is scored
+QUICK = ['dim=8', 'n_embedding=16', 'pixelcnn_n_blocks=1', 'pixelcnn_dim=8',
+         'pixelcnn_linear_dim=8', 'n_epochs=1', 'n_epochs_2=1',
+         'batch_size=16', 'batch_size_2=16', 'train_subset=32',
+         'n_sample=4', 'eval_subset=8', 'n_preview=2', 'num_workers=0']
+
+
+def train_quick(data_root, work_dir, stages):
+    train_main(['-c', '5', '--data-root', str(data_root), '--work-dir',
+                str(work_dir), '--device', 'cpu', '--stages', stages,
+                '--cfg-options', *QUICK])
+
+
+def test_evaluate_a_vqvae_without_prior(tiny_data_root, tmp_path):
+    train_quick(tiny_data_root, tmp_path, '1')
+    m = run_evaluate(tiny_data_root, tmp_path, 5, QUICK, '--eval-images',
+                     '8')  # returns: exit 0
+    v = m['vqvae']
+    assert v['n_images'] == 8 and 0 < v['mse'] < 1
+    assert v['psnr'] == pytest.approx(-10 * math.log10(v['mse']))
+    assert 'set-level' in v['psnr_convention']
+    for part in ('prior', 'samples'):
+        assert set(m[part]) == {'skipped'}
+        assert 'no PixelCNN checkpoint' in m[part]['skipped']
+    assert set(m['checkpoints']) == {'vqvae'}
+    assert not (tmp_path / mnist_classifier.CKPT_NAME).exists()
+
+
+def test_evaluate_with_prior_says_what_bits_per_dim_counts(tiny_data_root,
+                                                          tmp_path):
+    train_quick(tiny_data_root, tmp_path, '1,3')
+    m = run_evaluate(tiny_data_root, tmp_path, 5, QUICK, '--eval-images',
+                     '8', '--n-samples', '0')
+    p = m['prior']
+    assert 'skipped' not in p and p['n_images'] == 8
+    assert 'code' in p['bits_per_dim_counts']
+    assert p['bits_per_dim'] > 0
+    assert m['samples'] == {'n_samples': 0}
+
+
+def test_evaluate_has_no_resume_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(['--help'])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    assert '--work-dir' in help_text and '--resume' not in help_text
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(['--resume'])
+    assert e.value.code == 2
+    assert '--resume' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flags', [
+    ['--eval-images', '0'], ['--eval-images', '-5'], ['--batch-size', '-1'],
+    ['--batch-size', '0'], ['--classifier-subset', '0'],
+    ['--classifier-epochs', '0'], ['--sample-batch', '0'],
+    ['--n-samples', '-1'], 'work-dir-is-a-file',
+])
+def test_evaluate_bad_flags_exit_2_with_one_line(tiny_data_root, tmp_path,
+                                                 capsys, flags):
+    work_dir = tmp_path / 'wd'
+    if flags == 'work-dir-is-a-file':
+        work_dir.write_text('not a folder')
+        flags, expected = [], 'is a file'
+    else:
+        expected = flags[0]
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(['-c', '5', '--device', 'cpu', '--data-root',
+                       str(tiny_data_root), '--work-dir', str(work_dir),
+                       *flags])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), lines
+    assert expected in lines[0]
+    if flags:  # refused before the work dir is made
+        assert not work_dir.exists()
+    else:
+        assert work_dir.read_text() == 'not a folder'

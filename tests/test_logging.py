@@ -1,6 +1,7 @@
 """What a run leaves to watch it by: config.json, command.txt, JSONL logs,
 the loss-curve PNG and preview grids."""
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -98,3 +99,34 @@ def test_a_failing_plot_does_not_stop_training(tmp_path, monkeypatch,
     assert plots.update_loss_plot(tmp_path) is None
     assert 'could not draw the loss curves (disk full)' in \
         capsys.readouterr().err
+
+
+JUNK = [b'\xff\xfe\x80 not utf-8 at all\n', b'[1, 2]\n', b'3\n', b'"text"\n',
+        b'null\n', b'NaN\n', b'{"epoch": 9, "loss": "\xff"\n']
+
+
+def test_read_jsonl_skips_bytes_and_lines_that_are_no_records(tmp_path):
+    path = tmp_path / 'log_vqvae.jsonl'
+    append_jsonl(path, {'epoch': 0, 'loss': 2.0})
+    with open(path, 'ab') as f:
+        f.writelines(JUNK)
+    append_jsonl(path, {'epoch': 1, 'loss': 1.0})
+    assert read_jsonl(path) == [{'epoch': 0, 'loss': 2.0},
+                                {'epoch': 1, 'loss': 1.0}]
+    assert plot_losses(tmp_path) is not None
+
+
+def test_resume_with_a_damaged_log(tiny_run, tiny_data_root, tmp_path):
+    work_dir = tmp_path / 'wd'
+    shutil.copytree(tiny_run, work_dir)
+    log = work_dir / 'log_vqvae.jsonl'
+    with open(log, 'ab') as f:
+        f.writelines(JUNK)
+    main_mod.main(['-c', '5', '--data-root', str(tiny_data_root),
+                   '--work-dir', str(work_dir), '--stages', '1', '--resume',
+                   '--cfg-options', *TINY, 'n_epochs=3', 'preview_every=0'])
+    records = read_jsonl(log)
+    assert [r['epoch'] for r in records] == [0, 1, 2]
+    # the resumed run rewrote the log without the junk
+    assert all(line.startswith(b'{"epoch": ')
+               for line in log.read_bytes().splitlines())

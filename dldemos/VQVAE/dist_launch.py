@@ -83,7 +83,8 @@ def launch(train, description, argv=None):
 
     try:
         code = report_errors(start_and_train, args.debug,
-                             f'error (rank {rank})' if rank else 'error')
+                             f'error (rank {rank})' if rank else 'error',
+                             catch_sigterm=False)  # see report_errors
     finally:
         unlock_work_dir(args.work_dir)
         cleanup_distributed()

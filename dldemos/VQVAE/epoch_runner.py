@@ -255,13 +255,17 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
     barrier()
 
 
-def keep_model_file(ctx, stage, start_epoch):
+def keep_model_file(ctx, stage, restored):
     """Nothing left to train. A resumed run restored the weights from the
-    resume point: write them back if the model file went missing. A fresh
-    run with 0 epochs has nothing to save: say so instead of 'Done'."""
+    resume point: write them back if the model file went missing. A run with
+    0 epochs that restored nothing has nothing to save: say so instead of
+    'Done'."""
     if os.path.isfile(stage.path):
         return
-    if start_epoch == 0 and not ctx.resume:
+    # `restored`, not ctx.resume: --resume on a work dir without a (current)
+    # resume point restores nothing, and saving then passed the untrained
+    # weights off as a checkpoint
+    if not restored:
         raise UsageError(f'{stage.epochs_key}=0 trains nothing and there is '
                          f'no {stage.name} checkpoint {stage.path} yet: set '
                          f'{stage.epochs_key} to 1 or more')
@@ -290,5 +294,5 @@ def run_epochs(ctx, stage, loader, sampler, step):
                          time.perf_counter() - tic)
             if stop_requested(stop, ctx.device):  # came during eval or save
                 save_resume_point_and_stop(ctx, stage, epoch + 1)
-    keep_model_file(ctx, stage, start_epoch)
+    keep_model_file(ctx, stage, (start_epoch, start_step) != (0, 0))
     log('Done')
