@@ -68,3 +68,14 @@ def pick_device(device=None, index=0):
         raise UsageError(f'--device {device}: this project runs on cpu or '
                          'cuda')
     return dev
+
+
+def parse_stages(text):
+    try:
+        stages = sorted({int(s) for s in text.split(',') if s.strip()})
+    except ValueError:
+        stages = []
+    if not stages or not set(stages) <= {1, 2, 3, 4}:
+        raise UsageError(f'--stages takes a subset of 1,2,3,4 such as 3,4; '
+                         f'got {text!r}')
+    return stages

@@ -18,6 +18,8 @@ from dldemos.errors import UsageError
 from dldemos.VQVAE.checkpoint import (file_sha256, load_model, plain,
                                       read_provenance, resume_path,
                                       write_text_atomic)
+from dldemos.VQVAE.configs import CONFIG_NAMES
+from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.work_lock import lock_work_dir
 
 
@@ -106,6 +108,19 @@ def check_prior_matches_vqvae(ctx):
                          'trained on the codes of another VQ-VAE than '
                          f'{ctx.ckpt("vqvae_path")} (retrained since): train '
                          'the prior again with --stages 3,4')
+
+
+def announce(ctx, config_id, stages):
+    cfg = ctx.cfg
+    log(f'config {config_id} ({CONFIG_NAMES[config_id]}): stages '
+        f'{",".join(map(str, stages))}; VQ-VAE {cfg["n_epochs"]} epochs, '
+        f'prior {cfg["n_epochs_2"]} epochs')
+    log(f'device: {ctx.device} | data root: {ctx.data_root} | work dir: '
+        f'{ctx.work_dir} | seed: {ctx.seed}')
+    if ctx.device.type == 'cpu' and config_id < 5:
+        log('note: the tutorial sized this config for a GPU: on a 2-core CPU '
+            'config 0 takes about 7 hours, configs 1-4 days. '
+            '`-c 5` runs all four stages on a CPU')
 
 
 def seed_everything(seed):

@@ -104,6 +104,7 @@ def stop_requested(stop, device):
     the CPU wait for the GPU)."""
     if not is_dist():
         return bool(stop)
+    # a sum > 0: some rank was signalled (ranks get signals at other times)
     flag = torch.tensor([float(bool(stop))], device=device)
     return bool(all_reduce_sum(flag) > 0)
 
@@ -123,6 +124,8 @@ def remaining_batches(loader, sampler, skip):
     the sampler's order of this epoch, without loading the skipped images."""
     if not skip:
         return loader
+    # the sampler's order depends only on (seed, epoch): the same list the
+    # stopped run was walking, from the first batch it did not do
     indices = list(sampler)[skip * loader.batch_size:]
     return DataLoader(loader.dataset, batch_size=loader.batch_size,
                       sampler=indices, num_workers=loader.num_workers,
@@ -149,7 +152,7 @@ def resume_or_start(ctx, stage):
     stages of a run that was stopped in stage 1; so does a resume point
     trained on something that changed (the prior of a retrained VQ-VAE)."""
     path = stage.path
-    if not ctx.resume:
+    if not ctx.resume:  # a fresh run overwrites what is there
         return 0, 0, []
     if not (os.path.exists(resume_path(path)) or os.path.exists(path)):
         log(f'no {stage.name} checkpoint {path} yet: training it from '
@@ -171,14 +174,14 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
     `sums` (this rank's running sums) are summed over the ranks first, so the
     resume point holds the global sums and every rank sees the same check.
     """
-    if len(sums):
+    if len(sums):  # mid-epoch: the epoch's mean must include these batches
         sums = all_reduce_sum(sums).tolist()
         check_finite(sums, stage)  # never replace good weights by NaNs
-    if is_main():
+    if is_main():  # one writer; the model is the unwrapped one
         save_training_state(stage.path, stage.model, stage.optimizer,
                             ctx.cfg, epoch, step, sums, rng,
                             stage.provenance)
-    barrier()
+    barrier()  # no rank exits while rank 0 is still writing
     raise Interrupted(f'stopped in {stage.name} epoch {epoch}; resume point '
                       f'saved in {stage.path}: rerun with --resume to go on')
 
@@ -201,19 +204,21 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
     if skip and is_main():  # saved sums are global: add them once
         sums += torch.tensor(start_sums, device=device)
     n_real = real_samples(sampler)
+    # one process: a bool test per batch; DDP: an all-reduce every few
     check_every = STOP_CHECK_EVERY if is_dist() else 1
     tic, n_seen = time.perf_counter(), 0
     bar = tqdm(remaining_batches(loader, sampler, skip),
                desc=f'{stage.name} epoch {epoch + 1}/'
                f'{ctx.cfg[stage.epochs_key]}', leave=False, initial=skip,
                total=len(loader), disable=not is_main(), dynamic_ncols=True)
-    for i, batch in enumerate(bar, start=skip):
+    for i, batch in enumerate(bar, start=skip):  # i counts from batch 0
         terms, n, out = step(batch)
         # padding repeats a few samples on some ranks: trained on (every
         # rank must step), left out of the mean
         k = max(0, min(n, n_real - i * loader.batch_size))
         sums += torch.stack([t.detach().float() for t in terms] + [one]) * k
         n_seen += n
+        # .item() waits for the GPU: only every BAR_EVERY batches
         if is_main() and i % BAR_EVERY == 0:
             info = {name: fmt(t.item()) for name, t in zip(stage.terms, terms)}
             if stage.bar_info is not None:
@@ -229,14 +234,15 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
 def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
     """The mean over every sample on every rank; then, on rank 0: held-out
     scores, checkpoint, log record, epoch line, plot and previews."""
-    totals = all_reduce_sum(sums)
+    totals = all_reduce_sum(sums)  # every rank gets the same totals
     means = (totals[:-1] / totals[-1]).tolist()
+    # before any save: NaN weights must never replace the last good ones
     check_finite(means, stage)
     n_epochs = ctx.cfg[stage.epochs_key]
     record = dict(epoch=epoch, **dict(zip(stage.terms, means)),
                   images_per_s=get_world_size() * n_seen / max(seconds, 1e-9),
                   elapsed_s=elapsed)
-    if is_main():
+    if is_main():  # scoring, saving and plotting are rank 0's alone
         if stage.heldout is not None:
             record.update(stage.heldout())
         if (epoch + 1) % ctx.cfg['save_every'] == 0 or epoch + 1 == n_epochs:
@@ -281,11 +287,13 @@ def run_epochs(ctx, stage, loader, sampler, step):
     loss first), batch size, anything stage.bar_info shows).
     """
     start_epoch, start_step, start_sums = resume_or_start(ctx, stage)
+    # a resumed run rewrites the log from its first epoch on
     start_jsonl(ctx.out(stage.log_name), start_epoch)
     n_epochs = ctx.cfg[stage.epochs_key]
     tic = time.perf_counter()
     with StopFlag() as stop:
         for epoch in range(start_epoch, n_epochs):
+            # only the first epoch of a resumed run starts mid-way
             skip = start_step if epoch == start_epoch else 0
             sums, n_seen, seconds = run_epoch(ctx, stage, loader, sampler,
                                               step, epoch, skip, start_sums,

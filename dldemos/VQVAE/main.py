@@ -26,13 +26,13 @@ import torch
 import torch.nn as nn
 
 from dldemos.dist_utils import get_world_size, is_dist
-from dldemos.errors import UsageError, report_errors
+from dldemos.errors import report_errors
 from dldemos.VQVAE.build import autocast, build_models, prepare_for_training
 from dldemos.VQVAE.checkpoint import file_sha256
-from dldemos.VQVAE.cli import add_common_args, check_seed, pick_device
+from dldemos.VQVAE.cli import (add_common_args, check_seed, parse_stages,
+                               pick_device)
 from dldemos.VQVAE.config_check import load_cfg
-from dldemos.VQVAE.configs import CONFIG_NAMES
-from dldemos.VQVAE.context import (RunContext, check_outputs,
+from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
                                    check_prior_matches_vqvae,
                                    load_stage_input, prepare_work_dir,
                                    seed_everything)
@@ -49,7 +49,9 @@ from dldemos.VQVAE.work_lock import unlock_work_dir
 # ------------------------------------------------------ 1. train the VQ-VAE
 def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     cfg, device = ctx.cfg, ctx.device
+    # under torchrun batch_size is per process: say the effective batch
     log('batch size:', cfg['batch_size'], 'x', get_world_size(), 'ranks')
+    # the sampler shards the data over the ranks and reshuffles per epoch
     dataloader, sampler = image_loader(ctx, cfg['batch_size'],
                                        subset=cfg['train_subset'],
                                        sharded=is_dist())
@@ -57,6 +59,8 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     # checkpoints hold `vqvae` itself
     model = prepare_for_training(vqvae, cfg, device)
     model.train()
+    # the tutorial's optimizer; lr comes from the config, never from a resume
+    # point, so a diverged run can go on with a lower one
     optimizer = torch.optim.Adam(vqvae.parameters(), cfg['lr'])
     mse_loss = nn.MSELoss()
 
@@ -73,6 +77,7 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
         loss = l_reconstruct + \
             cfg['l_w_embedding'] * l_embedding + \
             cfg['l_w_commitment'] * l_commitment
+        # set_to_none: no memset of the gradients, same update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -80,6 +85,8 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
         return (loss, l_reconstruct, l_embedding, l_commitment), \
             x.shape[0], ze.detach()
 
+    # everything around the step (resume, sums over ranks, Ctrl-C, held-out
+    # scores, checkpoints, logs, previews) is the epoch runner's
     stage = Stage('VQ-VAE', vqvae, optimizer, ctx.ckpt('vqvae_path'),
                   'n_epochs', 'log_vqvae.jsonl',
                   ('loss', 'reconstruct', 'embedding', 'commitment'),
@@ -92,7 +99,7 @@ def reconstruct(model, x, device, dataset_type='MNIST',
                 out_path='work_dirs/vqvae_reconstruct_MNIST.jpg'):
     """Originals and reconstructions side by side (left, right)."""
     model.to(device)
-    model.eval()
+    model.eval()  # inference, as in the tutorial
     preview_reconstruction(model, x.to(device), out_path, dataset_type)
 
 
@@ -100,6 +107,7 @@ def reconstruct(model, x, device, dataset_type='MNIST',
 def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     cfg, device = ctx.cfg, ctx.device
     log('batch size:', cfg['batch_size_2'], 'x', get_world_size(), 'ranks')
+    # the VQ-VAE is frozen here: it only turns images into codes
     vqvae.to(device)
     vqvae.eval()
     # the frozen VQ-VAE gives the same codes every epoch: by default they are
@@ -113,7 +121,9 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
                                            sharded=is_dist())
     net = prepare_for_training(model, cfg, device)  # see train_vqvae
     net.train()
+    # lr_2 is the tutorial's hard-coded 1e-3, now a config key
     optimizer = torch.optim.Adam(model.parameters(), cfg['lr_2'])
+    # codes are categories: a K-way cross-entropy at every latent position
     loss_fn = nn.CrossEntropyLoss()
 
     def step(batch):
@@ -124,6 +134,8 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
                 x = vqvae.encode(batch.to(device, non_blocking=True))
         with autocast(cfg, device):
             predict_x = net(x)  # [N, K, h, w] logits of every position
+        # the PixelCNN's masks let position (i, j) see only the codes before
+        # it in raster order, so predicting x from x is no cheat
         loss = loss_fn(predict_x.float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,6 +160,7 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
     top_k, seed (see sampling.sample)."""
     vqvae = vqvae.to(device)
     vqvae.eval()
+    # sample() puts the prior in eval mode (batch norm's running statistics)
     gen_model = gen_model.to(device)
     imgs = sample(vqvae, gen_model, img_shape, n_sample, device, **sampling)
     save_grid(imgs, out_path, dataset_type)
@@ -155,27 +168,16 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
 
 
 # ------------------------------------------------------ the run
-def announce(ctx, config_id, stages):
-    cfg = ctx.cfg
-    log(f'config {config_id} ({CONFIG_NAMES[config_id]}): stages '
-        f'{",".join(map(str, stages))}; VQ-VAE {cfg["n_epochs"]} epochs, '
-        f'prior {cfg["n_epochs_2"]} epochs')
-    log(f'device: {ctx.device} | data root: {ctx.data_root} | work dir: '
-        f'{ctx.work_dir} | seed: {ctx.seed}')
-    if ctx.device.type == 'cpu' and config_id < 5:
-        log('note: the tutorial sized this config for a GPU: on a 2-core CPU '
-            'config 0 takes about 7 hours, configs 1-4 days. '
-            '`-c 5` runs all four stages on a CPU')
-
-
 def run(args, argv):
     stages = parse_stages(args.stages)
     cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
     ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,
                      args.data_root, args.seed, args.resume)
+    # every check that can fail runs before the work dir is written to
     check_outputs(ctx)
     announce(ctx, args.c, stages)
     prepare_work_dir(ctx, argv)
+    # same seed, same run: on a CPU two runs give identical checkpoints
     seed_everything(ctx.seed)
     vqvae, gen_model = build_models(cfg)
     dataset = cfg['dataset_type']
@@ -194,6 +196,8 @@ def run(args, argv):
 
     # 3. Train the generative model (Gated PixelCNN)
     if 3 in stages:
+        # from the checkpoint, not stage 1's last weights in memory: stage 3
+        # can run alone (--stages 3,4) and sees exactly what was saved
         load_stage_input(vqvae, ctx, 'vqvae_path', 3)
         train_generative_model(vqvae, gen_model, ctx)
 
@@ -201,6 +205,7 @@ def run(args, argv):
     if 4 in stages:
         load_stage_input(vqvae, ctx, 'vqvae_path', 4)
         load_stage_input(gen_model, ctx, 'gen_model_path', 4)
+        # a prior sampled through another VQ-VAE's decoder gives noise
         check_prior_matches_vqvae(ctx)
         out = ctx.out(f'vqvae_sample_{dataset}.jpg')
         sample_imgs(vqvae, gen_model, cfg['img_shape'], cfg['n_sample'],
@@ -208,17 +213,6 @@ def run(args, argv):
                     temperature=cfg['temperature'], top_k=cfg['top_k'],
                     seed=ctx.seed)
         log('wrote', out)
-
-
-def parse_stages(text):
-    try:
-        stages = sorted({int(s) for s in text.split(',') if s.strip()})
-    except ValueError:
-        stages = []
-    if not stages or not set(stages) <= {1, 2, 3, 4}:
-        raise UsageError(f'--stages takes a subset of 1,2,3,4 such as 3,4; '
-                         f'got {text!r}')
-    return stages
 
 
 def build_parser():
@@ -235,9 +229,9 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv if argv is None else ['main.py'] + list(argv)
     args = build_parser().parse_args(argv[1:])
-    try:
+    try:  # bad input: one line and exit code 2; a stop: exit code 130
         code = report_errors(lambda: run(args, argv), args.debug)
-    finally:
+    finally:  # the next run in this work dir must not find it locked
         unlock_work_dir(args.work_dir)
     if code:
         sys.exit(code)
