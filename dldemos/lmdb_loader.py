@@ -24,17 +24,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from dldemos.image_folder import list_images, split_files
+
 KEYS = b'__keys__'
 TXN_IMAGES = 1000  # images per write transaction: bounded memory
 
 
 class LMDBNotFound(FileNotFoundError):
     pass
-
-
-def list_images(folder):
-    from dldemos.VQVAE.dataset import list_images
-    return list_images(folder)
 
 
 def map_size_for(n_bytes, n_files):
@@ -134,14 +131,13 @@ class LMDBImageDataset(Dataset):
     them: PIL RGB image -> transform.
 
     split: 'train' / 'test' / 'all', the same rule on the same sorted names as
-    the folder (dataset.split_files), so held-out images stay held out.
+    the folder (image_folder.split_files), so held-out images stay held out.
     The environment is opened lazily in the process that reads (each
     DataLoader worker opens its own, see open_readonly); the dataset holds
     only the path and the keys, so it pickles to spawned workers as well.
     """
 
     def __init__(self, path, split='all', transform=None):
-        from dldemos.VQVAE.dataset import split_files
         super().__init__()
         self.path = os.path.abspath(path)  # the key of its shared handle
         self.transform = transform

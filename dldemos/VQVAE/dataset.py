@@ -23,14 +23,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
+from dldemos import image_folder
 from dldemos.errors import DataError
+from dldemos.image_folder import (  # noqa: F401 (re-exported)
+    HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, split_files, warn)
 
 DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
 CELEBA_DIR = 'celebA/img_align_celeba'
 CELEBA_HQ_DIR = 'celebA/celeba_hq_256'
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-HELD_OUT_FRACTION = 0.1
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 DOWNLOAD_HINTS = {
     'CelebAHQ': 'download the archive from https://www.kaggle.com/datasets/'
@@ -38,10 +39,6 @@ DOWNLOAD_HINTS = {
     'CelebA': 'download img_align_celeba.zip from '
     'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and unpack its images',
 }
-
-
-def warn(msg):
-    print(f'warning: {msg}', file=sys.stderr, flush=True)
 
 
 def load_mnist(root, train, download):
@@ -92,67 +89,12 @@ class MNISTImageDataset(Dataset):
         return self.pipeline(self.mnist[index][0])
 
 
-def list_images(root):
-    """Sorted image file names in `root` (other files are ignored)."""
-    return sorted(f for f in os.listdir(root)
-                  if f.lower().endswith(IMG_EXTENSIONS)
-                  and os.path.isfile(os.path.join(root, f)))
-
-
-_readable = {}  # (folder, names) -> readable names: checked once a process
-
-
 def readable_images(root, dataset_type='CelebAHQ'):
-    """Sorted names of the images in `root` that PIL can open.
-
-    Unreadable files (empty, partial downloads, macOS `._*` files) are left
-    out with a warning naming them; a missing or empty folder, or one where
-    no image can be read, is a DataError saying what to do.
-    """
-    hint = DOWNLOAD_HINTS.get(dataset_type, 'put the images')
-    if not os.path.isdir(root):
-        raise DataError(f'{dataset_type} images not found: {root} does not '
-                        f'exist; {hint} into it (or pass --data-root)')
-    names = list_images(root)
-    if not names:
-        subdirs = sorted(d for d in os.listdir(root)
-                         if os.path.isdir(os.path.join(root, d)))
-        nested = f' (it has the subfolder {subdirs[0]}: move the images ' \
-            'up into the folder itself)' if subdirs else ''
-        raise DataError(f'{root} holds no image files ('
-                        f'{", ".join(IMG_EXTENSIONS)}){nested}; {hint} '
-                        'into it, or pass --data-root')
-    key = (os.path.abspath(root), tuple(names))
-    if key not in _readable:
-        bad = []
-        for name in names:
-            try:
-                with Image.open(os.path.join(root, name)) as img:
-                    img.size  # reads the header only
-            except Exception as e:  # PIL raises many kinds on bad files
-                bad.append((name, type(e).__name__))
-        shown = ', '.join(f'{n} ({why})' for n, why in bad[:5])
-        if len(bad) == len(names):
-            raise DataError(f'none of the {len(names)} image files in {root} '
-                            f'can be read (e.g. {shown}); {hint} again')
-        if bad:
-            more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
-            warn(f'skipping {len(bad)} unreadable image file(s) in {root}: '
-                 f'{shown}{more}')
-        bad_names = {n for n, _ in bad}
-        _readable[key] = [n for n in names if n not in bad_names]
-    return list(_readable[key])
-
-
-def split_files(filenames, split):
-    n_test = max(1, int(round(len(filenames) * HELD_OUT_FRACTION)))
-    if split == 'train':
-        return filenames[:-n_test] if len(filenames) > 1 else filenames
-    if split == 'test':
-        return filenames[-n_test:]
-    if split == 'all':
-        return filenames
-    raise ValueError(f"unknown split {split!r}: use 'train', 'test' or 'all'")
+    """Sorted names of the readable images in `root` (image_folder's, with
+    the download hint of `dataset_type` in its errors)."""
+    return image_folder.readable_images(
+        root, f'{dataset_type} images',
+        DOWNLOAD_HINTS.get(dataset_type, image_folder.DEFAULT_HINT))
 
 
 def celeba_transform(img_shape):

@@ -1,0 +1,89 @@
+"""Image folders: which files a dataset uses, and how one image is decoded.
+
+A leaf module (stdlib, PIL and dldemos.errors only): the folder dataset
+(dldemos/VQVAE/dataset.py) and the LMDB converter and reader
+(dldemos/lmdb_loader.py) both take their file lists, splits and skip rules
+from here, so a folder and the LMDB made from it hold the same images in the
+same train / test split.
+
+A folder has no official split: the last 10% of the readable files by sorted
+name are held out as 'test', 'train' is the rest, 'all' gives every file.
+"""
+import os
+import sys
+
+from PIL import Image
+
+from dldemos.errors import DataError
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+HELD_OUT_FRACTION = 0.1
+DEFAULT_HINT = 'put the images'
+
+
+def warn(msg):
+    print(f'warning: {msg}', file=sys.stderr, flush=True)
+
+
+def list_images(root):
+    """Sorted image file names in `root` (other files are ignored)."""
+    return sorted(f for f in os.listdir(root)
+                  if f.lower().endswith(IMG_EXTENSIONS)
+                  and os.path.isfile(os.path.join(root, f)))
+
+
+_readable = {}  # (folder, names) -> readable names: checked once a process
+
+
+def readable_images(root, label='images', hint=DEFAULT_HINT):
+    """Sorted names of the images in `root` that PIL can open.
+
+    Unreadable files (empty, partial downloads, macOS `._*` files) are left
+    out with a warning naming them; a missing or empty folder, or one where no image can be read, is a
+    DataError saying what to do (`label` names the images, `hint` says how to
+    get them, e.g. 'download ... and unpack its images').
+    """
+    if not os.path.isdir(root):
+        raise DataError(f'{label} not found: {root} does not '
+                        f'exist; {hint} into it (or pass --data-root)')
+    names = list_images(root)
+    if not names:
+        subdirs = sorted(d for d in os.listdir(root)
+                         if os.path.isdir(os.path.join(root, d)))
+        nested = f' (it has the subfolder {subdirs[0]}: move the ' \
+            'images up into the folder itself)' if subdirs else ''
+        raise DataError(f'{root} holds no image files ('
+                        f'{", ".join(IMG_EXTENSIONS)}){nested}; {hint} '
+                        'into it, or pass --data-root')
+    key = (os.path.abspath(root), tuple(names))
+    if key not in _readable:
+        bad = []
+        for name in names:
+            try:
+                with Image.open(os.path.join(root, name)) as img:
+                    img.size  # reads the header only
+            except Exception as e:  # PIL raises many kinds on bad files
+                bad.append((name, type(e).__name__))
+        shown = ', '.join(f'{n} ({why})' for n, why in bad[:5])
+        if len(bad) == len(names):
+            raise DataError(f'none of the {len(names)} image files in {root} '
+                            f'can be read (e.g. {shown}); {hint} again')
+        if bad:
+            more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+            warn(f'skipping {len(bad)} unreadable image file(s) in {root}: '
+                 f'{shown}{more}')
+        bad_names = {n for n, _ in bad}
+        _readable[key] = [n for n in names if n not in bad_names]
+    return list(_readable[key])
+
+
+def split_files(filenames, split):
+    """The `split` ('train', 'test' or 'all') of sorted file names."""
+    n_test = max(1, int(round(len(filenames) * HELD_OUT_FRACTION)))
+    if split == 'train':
+        return filenames[:-n_test] if len(filenames) > 1 else filenames
+    if split == 'test':
+        return filenames[-n_test:]
+    if split == 'all':
+        return filenames
+    raise ValueError(f"unknown split {split!r}: use 'train', 'test' or 'all'")
