@@ -87,3 +87,10 @@ def split_files(filenames, split):
     if split == 'all':
         return filenames
     raise ValueError(f"unknown split {split!r}: use 'train', 'test' or 'all'")
+
+
+def dataset_files(root, split='all', label='images', hint=DEFAULT_HINT):
+    """The files a dataset on folder `root` uses: the readable images, then
+    the split. The folder dataset reads these and the LMDB conversion stores
+    dataset_files(root, 'all'), so both split alike."""
+    return split_files(readable_images(root, label, hint), split)

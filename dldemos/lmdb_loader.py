@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dldemos.image_folder import list_images, split_files
+from dldemos.image_folder import dataset_files, split_files
 
 KEYS = b'__keys__'
 TXN_IMAGES = 1000  # images per write transaction: bounded memory
@@ -42,17 +42,17 @@ def map_size_for(n_bytes, n_files):
 
 
 def folder_to_lmdb(folder, out_path, progress=True):
-    """Write every image of `folder` into a new LMDB at `out_path`.
+    """Write every readable image of `folder` into a new LMDB at `out_path`
+    (image_folder.dataset_files: the files the folder dataset reads, so the
+    LMDB splits as the folder does).
 
     Written to `<out_path>.tmp` and renamed at the end, so an interrupted
     conversion never leaves a half-filled database at `out_path`.
     Returns the number of images stored.
     """
-    names = list_images(folder)
-    if not names:
-        raise ValueError(f'no images in {folder}')
     if os.path.exists(out_path):
         raise FileExistsError(f'{out_path} exists: delete it to rebuild')
+    names = dataset_files(folder, 'all')  # DataError if there are none
     n_bytes = sum(os.path.getsize(os.path.join(folder, n)) for n in names)
     tmp = out_path.rstrip('/') + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)

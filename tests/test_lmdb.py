@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import make_face_folder
 from dldemos.lmdb_loader import (KEYS, LMDBImageDataset, LMDBNotFound,
                                  folder_to_lmdb)
 from dldemos.VQVAE import main as main_mod
@@ -110,3 +111,24 @@ def test_conversion_refuses_to_overwrite(tiny_data_root, tmp_path):
     with pytest.raises(FileExistsError):
         folder_to_lmdb(str(tiny_data_root / CELEBA_DIR), str(out),
                        progress=False)
+
+
+def junk_folder(folder, n=20, n_junk=10):
+    """n faces and n_junk macOS `._*.jpg` files (AppleDouble, not images)."""
+    folder = make_face_folder(folder, n, (32, 32))
+    for i in range(n_junk):
+        (folder / f'._{i:06d}.jpg').write_bytes(b'\x00\x05\x16\x07' * 8)
+    return folder
+
+
+def test_folder_and_lmdb_split_alike_with_unreadable_files(tmp_path):
+    folder = junk_folder(tmp_path / 'faces')
+    out = tmp_path / 'faces.lmdb'
+    assert folder_to_lmdb(str(folder), str(out), progress=False) == 20
+    for split in ('train', 'test', 'all'):
+        by_folder = CelebADataset(str(folder), (16, 16), split)
+        db = LMDBImageDataset(str(out), split, celeba_transform((16, 16)))
+        assert [k.decode() for k in db.keys] == by_folder.filenames, split
+        for i in range(len(db)):  # every stored image decodes
+            assert torch.equal(db[i], by_folder[i])
+    assert len(CelebADataset(str(folder), (16, 16), 'test')) == 2

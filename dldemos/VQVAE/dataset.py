@@ -113,8 +113,9 @@ class CelebADataset(Dataset):
         super().__init__()
         self.root = root
         self.img_shape = tuple(img_shape)
-        self.filenames = split_files(readable_images(root, dataset_type),
-                                     split)
+        self.filenames = image_folder.dataset_files(
+            root, split, f'{dataset_type} images',
+            DOWNLOAD_HINTS.get(dataset_type, image_folder.DEFAULT_HINT))
         self.pipeline = celeba_transform(self.img_shape)
         self.warned = set()
 
