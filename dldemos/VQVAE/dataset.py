@@ -19,12 +19,11 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
 
 import einops
 import torchvision
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
 from dldemos import image_folder
-from dldemos.errors import DataError
+from dldemos.errors import DataError, report_errors
 from dldemos.image_folder import (  # noqa: F401 (re-exported)
     HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, split_files, warn)
 
@@ -125,19 +124,17 @@ class CelebADataset(Dataset):
     def __getitem__(self, index: int):
         # A file whose header is fine can still fail to decode (truncated):
         # warn once and use the next file, so one bad image does not stop a
-        # long run.
-        for i in range(len(self.filenames)):
-            path = os.path.join(self.root,
-                                self.filenames[(index + i) % len(self)])
-            try:
-                with Image.open(path) as img:
-                    return self.pipeline(img.convert('RGB'))  # [3, H, W]
-            except OSError as e:
-                if path not in self.warned:
-                    self.warned.add(path)
-                    warn(f'skipping unreadable image {path} ({e})')
-        raise DataError(f'none of the {len(self)} images in {self.root} can '
-                        'be decoded; download and unpack them again')
+        # long run (the LMDB dataset skips alike).
+        img = image_folder.first_decodable(
+            index, len(self.filenames), self.decode, self.path, self.warned,
+            self.root, 'download and unpack them again')
+        return self.pipeline(img)  # [3, H, W]
+
+    def path(self, i):
+        return os.path.join(self.root, self.filenames[i])
+
+    def decode(self, i):
+        return image_folder.decode_rgb(self.path(i))
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
@@ -160,10 +157,11 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
         try:
             return LMDBImageDataset(path, split=split,
                                     transform=celeba_transform(
-                                        kwargs.get('img_shape', (64, 64))))
-        except LMDBNotFound as e:
+                                        kwargs.get('img_shape', (64, 64))),
+                                    expect_type=type)
+        except LMDBNotFound:
             if os.path.exists(path):  # there, but unfinished or foreign
-                raise DataError(str(e)) from None
+                raise
             raise DataError(
                 f'LMDB {path} not found: make it with `python '
                 'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with '
@@ -259,7 +257,8 @@ def to_lmdb(data_root=DATA_ROOT, lmdb_root=None):
         if os.path.exists(out):
             print(f'{out} exists, skipped (delete it to rebuild)')
             continue
-        n = folder_to_lmdb(os.path.join(data_root, d), out)
+        n = folder_to_lmdb(os.path.join(data_root, d), out,
+                           'CelebA' if d == CELEBA_DIR else 'CelebAHQ')
         print(f'wrote {n} images to {out}')
 
 
@@ -285,4 +284,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(report_errors(main))
