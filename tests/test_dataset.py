@@ -258,3 +258,18 @@ def test_dataset_main_without_celebahq_writes_only_mnist(tmp_path):
     out = tmp_path / 'work'
     ds.main(['--data-root', str(root), '--work-dir', str(out)])
     assert sorted(os.listdir(out)) == ['tmp_mnist.jpg']
+
+
+@pytest.mark.parametrize('max_pixels', [10000, 4000])  # PIL warns, raises
+def test_decompression_bomb_is_skipped_by_the_folder_reader(
+        tmp_path, capsys, monkeypatch, max_pixels):
+    folder = make_face_folder(tmp_path / 'faces', 4, (32, 32))
+    big = np.random.default_rng(0).integers(0, 255, (128, 128, 3), np.uint8)
+    Image.fromarray(big).save(folder / '000002.png')  # 16384 pixels
+    data = CelebADataset(str(folder), (16, 16), split='all')
+    assert '000002.png' in data.filenames
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', max_pixels)
+    i = data.filenames.index('000002.png')
+    assert torch.equal(data[i], data[i + 1])  # the next image instead
+    err = capsys.readouterr().err
+    assert 'skipping unreadable image' in err and '000002.png' in err
