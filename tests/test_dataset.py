@@ -273,3 +273,11 @@ def test_decompression_bomb_is_skipped_by_the_folder_reader(
     assert torch.equal(data[i], data[i + 1])  # the next image instead
     err = capsys.readouterr().err
     assert 'skipping unreadable image' in err and '000002.png' in err
+
+
+def test_lmdb_is_refused_for_mnist(tiny_data_root):
+    for split in ('train', 'test'):
+        with pytest.raises(ds.UsageError, match='use_lmdb') as e:
+            get_dataset('MNIST', data_root=str(tiny_data_root), split=split,
+                        use_lmdb=True)
+        assert '\n' not in str(e.value) and 'CelebA' in str(e.value)

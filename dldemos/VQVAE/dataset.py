@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
 from dldemos import image_folder
-from dldemos.errors import DataError, report_errors
+from dldemos.errors import DataError, UsageError, report_errors
 from dldemos.image_folder import (  # noqa: F401 (re-exported)
     HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, split_files, warn)
 
@@ -143,6 +143,10 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
         raise ValueError(f'unknown dataset type {type!r}: use one of '
                          f'{", ".join(DATASET_TYPES)}')
     if type == 'MNIST':
+        if use_lmdb:
+            raise UsageError('use_lmdb=True is for the CelebA and CelebAHQ '
+                             'image folders; MNIST is read from its own '
+                             'files: set use_lmdb=False')
         if split == 'all':
             raise ValueError("MNIST has train and test splits, not 'all'")
         return MNISTImageDataset(img_shape or (28, 28),
