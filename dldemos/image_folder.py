@@ -148,7 +148,12 @@ def first_decodable(index, count, read, name_of, warned, where, remedy):
     decodes: a file whose header is fine can still fail to decode
     (truncated), and one bad image must not stop a long run. Each skipped
     image is warned about once (`warned`, a set, remembers them); when none
-    of the `count` images decodes it is a DataError ending in `remedy`."""
+    of the `count` images decodes it is a DataError ending in `remedy`.
+    An index out of range is an IndexError, as for a list (iter(dataset)
+    stops there)."""
+    if not -count <= index < count:
+        raise IndexError(f'index {index} out of range for {count} images')
+    index %= count
     for k in range(count):
         i = (index + k) % count
         try:

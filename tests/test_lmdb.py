@@ -336,3 +336,17 @@ def test_lmdb_of_another_dataset_type_is_refused(tmp_path):
         get_dataset('CelebAHQ', (32, 32), str(root), 'train', use_lmdb=True)
     # but reading it without asking for a type works
     assert len(LMDBImageDataset(str(path), 'all')) == 4
+
+
+def test_iterating_a_dataset_stops_at_its_end(tmp_path):
+    """Skipping to the next image wraps around, but an index past the end is
+    an IndexError, so list(dataset) ends (it looped forever)."""
+    folder = make_face_folder(tmp_path / 'faces', 5, (32, 32))
+    folder_to_lmdb(str(folder), str(tmp_path / 'f.lmdb'), progress=False)
+    for data in (CelebADataset(str(folder), (16, 16), 'all'),
+                 LMDBImageDataset(str(tmp_path / 'f.lmdb'), 'all',
+                                  celeba_transform((16, 16)))):
+        assert len(list(data)) == 5
+        assert torch.equal(data[-1], data[4])
+        with pytest.raises(IndexError):
+            data[5]
