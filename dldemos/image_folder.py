@@ -143,6 +143,17 @@ def names_checksum(names):
     return h.hexdigest()
 
 
+def files_fingerprint(root, names):
+    """sha256 over (name, size, mtime) of the files `names` in `root`: it
+    changes when a file is added, removed, replaced or rewritten."""
+    h = hashlib.sha256()
+    for name in names:
+        st = os.stat(os.path.join(root, name))
+        h.update(f'{printable(name)}\0{st.st_size}\0{st.st_mtime_ns}\n'
+                 .encode())
+    return h.hexdigest()
+
+
 def first_decodable(index, count, read, name_of, warned, where, remedy):
     """read(i) for i = index, index + 1, ... (wrapping around) until one
     decodes: a file whose header is fine can still fail to decode

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from conftest import make_face_folder
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.main import (build_models, code_loader,
@@ -60,6 +61,30 @@ def test_cache_holds_the_codes_and_is_rebuilt_when_the_vqvae_changes(
         expected = vqvae2.encode(imgs)
     assert torch.equal(codes2.long(), expected)
     assert not torch.equal(codes2, codes)
+
+
+def test_cache_is_rebuilt_when_images_are_removed(tmp_path):
+    root = tmp_path / 'data'
+    folder = make_face_folder(root / 'celebA' / 'img_align_celeba', 30,
+                              (32, 32))
+    cfg = tiny_cfg(tmp_path, dataset_type='CelebA', img_shape=(3, 32, 32))
+    vqvae = save_vqvae(cfg, 0)
+    codes = cached_codes(vqvae, cfg, root, tmp_path)
+    assert codes.shape[0] == 27  # 30 faces, 3 held out
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train')
+    mtime = os.stat(path).st_mtime_ns
+    # the same files: reused, not rewritten
+    assert torch.equal(cached_codes(vqvae, cfg, root, tmp_path), codes)
+    assert os.stat(path).st_mtime_ns == mtime
+    for i in range(3):
+        (folder / f'{i:06d}.jpg').unlink()
+    codes = cached_codes(vqvae, cfg, root, tmp_path)
+    assert codes.shape[0] == 24  # 27 faces, 3 held out: rebuilt
+    assert os.stat(path).st_mtime_ns != mtime
+    from dldemos.VQVAE.dataset import get_dataset
+    imgs = torch.stack(list(get_dataset('CelebA', (32, 32), str(root))))
+    with torch.no_grad():
+        assert torch.equal(codes.long(), vqvae.encode(imgs))
 
 
 def test_code_dtype_fits_the_codebook():

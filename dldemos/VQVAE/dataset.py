@@ -11,6 +11,7 @@ official split, so the last 10% of files by sorted name are held out as
 'test' and 'train' is the rest ('all' gives every file).
 """
 import argparse
+import hashlib
 import os
 import sys
 
@@ -135,6 +136,43 @@ class CelebADataset(Dataset):
 
     def decode(self, i):
         return image_folder.decode_rgb(self.path(i))
+
+
+def files_fingerprint(dataset):
+    """A sha256 hex string of the files `dataset` reads, for caches of what
+    was computed from them (the code cache): it changes when images are
+    added, removed or rewritten. Folder: (name, size, mtime) of its split's
+    files; LMDB: the key-list checksum recorded at conversion, data.mdb's
+    size and mtime, and the split; MNIST: its raw files and split; Subset:
+    the inner dataset's and the indices. None for a dataset of another kind.
+    """
+    if isinstance(dataset, Subset):
+        inner = files_fingerprint(dataset.dataset)
+        if inner is None:
+            return None
+        idx = dataset.indices
+        idx = f'range({idx.start},{idx.stop},{idx.step})' \
+            if isinstance(idx, range) else ','.join(map(str, idx))
+        return _sha256(f'subset:{inner}:{idx}')
+    if isinstance(dataset, CelebADataset):
+        return image_folder.files_fingerprint(dataset.root,
+                                              dataset.filenames)
+    if isinstance(dataset, MNISTImageDataset):
+        raw = dataset.mnist.raw_folder
+        names = sorted(f for f in os.listdir(raw)
+                       if os.path.isfile(os.path.join(raw, f)))
+        return _sha256(f'mnist:train={dataset.mnist.train}:'
+                       + image_folder.files_fingerprint(raw, names))
+    from dldemos.lmdb_loader import LMDBImageDataset
+    if isinstance(dataset, LMDBImageDataset):
+        st = os.stat(os.path.join(dataset.path, 'data.mdb'))
+        return _sha256(f'lmdb:{dataset.meta["names_sha256"]}:{st.st_size}:'
+                       f'{st.st_mtime_ns}:{dataset.split}')
+    return None
+
+
+def _sha256(text):
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
