@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from conftest import make_face_folder
 from dldemos.VQVAE import code_cache
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.build import build_models
@@ -65,6 +66,30 @@ def test_cache_holds_the_codes_and_is_rebuilt_when_the_vqvae_changes(
     assert not torch.equal(codes2, codes)
 
 
+def test_cache_is_rebuilt_when_images_are_removed(tmp_path):
+    root = tmp_path / 'data'
+    folder = make_face_folder(root / 'celebA' / 'img_align_celeba', 30,
+                              (32, 32))
+    cfg = tiny_cfg(tmp_path, dataset_type='CelebA', img_shape=(3, 32, 32))
+    vqvae = save_vqvae(cfg, 0)
+    codes = cached_codes(vqvae, cfg, root, tmp_path)
+    assert codes.shape[0] == 27  # 30 faces, 3 held out
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train')
+    mtime = os.stat(path).st_mtime_ns
+    # the same files: reused, not rewritten
+    assert torch.equal(cached_codes(vqvae, cfg, root, tmp_path), codes)
+    assert os.stat(path).st_mtime_ns == mtime
+    for i in range(3):
+        (folder / f'{i:06d}.jpg').unlink()
+    codes = cached_codes(vqvae, cfg, root, tmp_path)
+    assert codes.shape[0] == 24  # 27 faces, 3 held out: rebuilt
+    assert os.stat(path).st_mtime_ns != mtime
+    from dldemos.VQVAE.dataset import get_dataset
+    imgs = torch.stack(list(get_dataset('CelebA', (32, 32), str(root))))
+    with torch.no_grad():
+        assert torch.equal(codes.long(), vqvae.encode(imgs))
+
+
 def test_code_dtype_fits_the_codebook():
     assert code_cache.code_dtype(256) == torch.uint8
     assert torch.iinfo(code_cache.code_dtype(512)).max >= 511
@@ -115,3 +140,20 @@ def test_speed_flags_do_not_change_cpu_results(tiny_data_root, tmp_path):
     assert results[0][0] == results[1][0]
     for k, v in results[0][1].items():
         assert torch.equal(v, results[1][1][k]), k
+
+
+@pytest.mark.parametrize('junk', [[1, 2, 3], {'key': None}, b'not torch'])
+def test_a_cache_file_of_another_kind_is_rebuilt(tiny_data_root, tmp_path,
+                                                  junk):
+    cfg = tiny_cfg(tmp_path)
+    vqvae = save_vqvae(cfg, 0)
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train')
+    if isinstance(junk, bytes):
+        with open(path, 'wb') as f:
+            f.write(junk)
+    else:
+        torch.save(junk, path)
+    codes = cached_codes(vqvae, cfg, tiny_data_root, tmp_path)
+    assert codes.shape == (64, 7, 7)
+    assert isinstance(torch.load(path, weights_only=True)['codes'],
+                      torch.Tensor)

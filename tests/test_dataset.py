@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Subset
 
 from conftest import REPO, make_face_folder, make_mnist_root
 from dldemos.VQVAE import dataset as ds
@@ -258,3 +258,69 @@ def test_dataset_main_without_celebahq_writes_only_mnist(tmp_path):
     out = tmp_path / 'work'
     ds.main(['--data-root', str(root), '--work-dir', str(out)])
     assert sorted(os.listdir(out)) == ['tmp_mnist.jpg']
+
+
+@pytest.mark.parametrize('max_pixels', [10000, 4000])  # PIL warns, raises
+def test_decompression_bomb_is_skipped_by_the_folder_reader(
+        tmp_path, capsys, monkeypatch, max_pixels):
+    folder = make_face_folder(tmp_path / 'faces', 4, (32, 32))
+    big = np.random.default_rng(0).integers(0, 255, (128, 128, 3), np.uint8)
+    Image.fromarray(big).save(folder / '000002.png')  # 16384 pixels
+    data = CelebADataset(str(folder), (16, 16), split='all')
+    assert '000002.png' in data.filenames
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', max_pixels)
+    i = data.filenames.index('000002.png')
+    assert torch.equal(data[i], data[i + 1])  # the next image instead
+    err = capsys.readouterr().err
+    assert 'skipping unreadable image' in err and '000002.png' in err
+
+
+def test_lmdb_is_refused_for_mnist(tiny_data_root):
+    for split in ('train', 'test'):
+        with pytest.raises(ds.UsageError, match='use_lmdb') as e:
+            get_dataset('MNIST', data_root=str(tiny_data_root), split=split,
+                        use_lmdb=True)
+        assert '\n' not in str(e.value) and 'CelebA' in str(e.value)
+
+
+# ------------------------------------------------------- files fingerprint
+def test_files_fingerprint_of_a_folder_follows_its_split_files(tmp_path):
+    folder = make_face_folder(tmp_path / 'faces', 20, (32, 32))
+
+    def fp(split='train'):
+        return ds.files_fingerprint(CelebADataset(str(folder), split=split))
+    before = fp()
+    assert before == fp() and before != fp('test')
+    os.utime(folder / '000003.jpg', ns=(1, 1))  # a file rewritten
+    assert fp() != before
+    before = fp()
+    (folder / 'README.txt').write_text('changed')  # not an image: no change
+    assert fp() == before
+    (folder / '000003.jpg').unlink()
+    assert fp() != before
+
+
+def test_files_fingerprint_of_subsets_mnist_and_lmdb(tmp_path):
+    from dldemos.lmdb_loader import LMDBImageDataset, folder_to_lmdb
+    root = make_mnist_root(tmp_path / 'data', n_train=8, n_test=4)
+    train = get_dataset('MNIST', data_root=str(root))
+    test = get_dataset('MNIST', data_root=str(root), split='test')
+    fps = {ds.files_fingerprint(d) for d in
+           (train, test, Subset(train, range(4)), Subset(train, range(5)))}
+    assert len(fps) == 4 and None not in fps
+    before = ds.files_fingerprint(train)
+    os.utime(root / 'mnist' / 'MNIST' / 'raw' / 'train-images-idx3-ubyte',
+             ns=(1, 1))
+    assert ds.files_fingerprint(get_dataset('MNIST', data_root=str(root))) \
+        != before
+    folder = make_face_folder(tmp_path / 'faces', 10, (32, 32))
+    folder_to_lmdb(str(folder), str(tmp_path / 'a.lmdb'), progress=False)
+    a = LMDBImageDataset(str(tmp_path / 'a.lmdb'), 'train')
+    assert ds.files_fingerprint(a) == ds.files_fingerprint(
+        LMDBImageDataset(str(tmp_path / 'a.lmdb'), 'train'))
+    assert ds.files_fingerprint(a) != ds.files_fingerprint(
+        LMDBImageDataset(str(tmp_path / 'a.lmdb'), 'test'))
+    (folder / '000009.jpg').unlink()
+    folder_to_lmdb(str(folder), str(tmp_path / 'b.lmdb'), progress=False)
+    assert ds.files_fingerprint(a) != ds.files_fingerprint(
+        LMDBImageDataset(str(tmp_path / 'b.lmdb'), 'train'))

@@ -78,6 +78,17 @@ def test_corrupt_mnist_files(capsys, tmp_path):
     assert 'could not be read' in msg and 'delete them' in msg
 
 
+def test_mnist_file_with_a_bad_magic_number(capsys, tmp_path):
+    make_mnist_root(tmp_path)
+    path = tmp_path / 'mnist' / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'
+    data = bytearray(path.read_bytes())
+    data[:4] = b'\x00\x00\x09\x99'  # IDX magic of no known type
+    path.write_bytes(bytes(data))
+    msg = fails(capsys, '-c', 5, '--data-root', tmp_path, '--work-dir',
+                tmp_path / 'wd', '--cfg-options', *TINY)
+    assert 'could not be read' in msg and 'delete them' in msg
+
+
 def test_empty_folder_and_nested_folder(capsys, tmp_path):
     folder = tmp_path / 'celebA' / 'celeba_hq_256'
     folder.mkdir(parents=True)

@@ -4,15 +4,17 @@ The tutorial encodes every image in every batch of every epoch of prior
 training, although the (frozen) VQ-VAE gives the same codes each time. Here the
 codes are computed once and stored as a compact integer tensor next to the
 VQ-VAE checkpoint (`<ckpt>.codes_<split>.pt`). The file records a hash of the
-checkpoint and the data settings, and is rebuilt when either changes.
+checkpoint, the data settings and a fingerprint of the image files
+(dataset.files_fingerprint), and is rebuilt when any of them changes.
 """
 import os
 
 import torch
 
 from dldemos.dist_utils import barrier, is_main
-from dldemos.VQVAE.checkpoint import (file_sha256, load_file,
-                                      save_atomic)
+from dldemos.errors import CheckpointError
+from dldemos.VQVAE.checkpoint import file_sha256, load_file, save_atomic
+from dldemos.VQVAE.dataset import files_fingerprint
 
 
 def cache_path(ckpt_path, split, subset=None):
@@ -37,18 +39,42 @@ def encode_all(vqvae, dataloader, device, progress=None):
     return torch.cat(out)
 
 
-def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None):
+def valid_cache(path, key):
+    """Whether path holds codes made for exactly `key`. Anything else there
+    (another key, a file of another kind, a damaged one) is rebuilt: the
+    cache is derived data, never worth an error."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        cached = load_file(path, 'code cache')
+    except CheckpointError:
+        return False
+    return isinstance(cached, dict) and cached.get('key') == key and \
+        isinstance(cached.get('codes'), torch.Tensor)
+
+
+def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None,
+                  fingerprint=None):
     """Codes for `key` (dict of data settings), from the cache if it is valid.
 
+    The key also holds the VQ-VAE checkpoint's hash and, as 'files', what
+    files the data are: the caller's key['files'] if it has one, else
+    `fingerprint`, else dataset.files_fingerprint of make_loader()'s dataset
+    (so images added, removed or rewritten rebuild the cache).
     Rank 0 builds the cache; other ranks wait at a barrier, then read it.
     """
     path = cache_path(ckpt_path, key.get('split', 'train'), key.get('subset'))
     key = dict(key, vqvae_sha256=file_sha256(ckpt_path))
     if is_main():
-        cached = load_file(path, 'code cache') if os.path.exists(path) \
-            else None
-        if cached is None or cached.get('key') != key:
-            codes = encode_all(vqvae, make_loader(), device, progress)
+        loader = None
+        if 'files' not in key:
+            if fingerprint is None:
+                loader = make_loader()  # no worker starts before iteration
+                fingerprint = files_fingerprint(loader.dataset)
+            key['files'] = fingerprint
+        if not valid_cache(path, key):
+            codes = encode_all(vqvae, loader or make_loader(), device,
+                               progress)
             save_atomic({'key': key, 'codes': codes}, path)
     barrier()
     return load_file(path, 'code cache')['codes']

@@ -11,6 +11,7 @@ official split, so the last 10% of files by sorted name are held out as
 'test' and 'train' is the rest ('all' gives every file).
 """
 import argparse
+import hashlib
 import os
 import sys
 
@@ -19,18 +20,18 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
 
 import einops
 import torchvision
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
-from dldemos.errors import DataError
+from dldemos import image_folder
+from dldemos.errors import DataError, UsageError, report_errors
+from dldemos.image_folder import (  # noqa: F401 (re-exported)
+    HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, split_files, warn)
 
 DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
 CELEBA_DIR = 'celebA/img_align_celeba'
 CELEBA_HQ_DIR = 'celebA/celeba_hq_256'
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-HELD_OUT_FRACTION = 0.1
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 DOWNLOAD_HINTS = {
     'CelebAHQ': 'download the archive from https://www.kaggle.com/datasets/'
@@ -40,16 +41,13 @@ DOWNLOAD_HINTS = {
 }
 
 
-def warn(msg):
-    print(f'warning: {msg}', file=sys.stderr, flush=True)
-
-
 def load_mnist(root, train, download):
     """torchvision's MNIST, or a DataError saying how to get the files."""
     try:
         return torchvision.datasets.MNIST(root=root, train=train,
                                           download=download)
-    except (RuntimeError, OSError, ValueError) as e:
+    # torchvision asserts on a bad IDX magic number
+    except (RuntimeError, OSError, ValueError, AssertionError) as e:
         reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
             else type(e).__name__
         raw = os.path.join(root, 'MNIST', 'raw')
@@ -92,67 +90,12 @@ class MNISTImageDataset(Dataset):
         return self.pipeline(self.mnist[index][0])
 
 
-def list_images(root):
-    """Sorted image file names in `root` (other files are ignored)."""
-    return sorted(f for f in os.listdir(root)
-                  if f.lower().endswith(IMG_EXTENSIONS)
-                  and os.path.isfile(os.path.join(root, f)))
-
-
-_readable = {}  # (folder, names) -> readable names: checked once a process
-
-
 def readable_images(root, dataset_type='CelebAHQ'):
-    """Sorted names of the images in `root` that PIL can open.
-
-    Unreadable files (empty, partial downloads, macOS `._*` files) are left
-    out with a warning naming them; a missing or empty folder, or one where
-    no image can be read, is a DataError saying what to do.
-    """
-    hint = DOWNLOAD_HINTS.get(dataset_type, 'put the images')
-    if not os.path.isdir(root):
-        raise DataError(f'{dataset_type} images not found: {root} does not '
-                        f'exist; {hint} into it (or pass --data-root)')
-    names = list_images(root)
-    if not names:
-        subdirs = sorted(d for d in os.listdir(root)
-                         if os.path.isdir(os.path.join(root, d)))
-        nested = f' (it has the subfolder {subdirs[0]}: move the images ' \
-            'up into the folder itself)' if subdirs else ''
-        raise DataError(f'{root} holds no image files ('
-                        f'{", ".join(IMG_EXTENSIONS)}){nested}; {hint} '
-                        'into it, or pass --data-root')
-    key = (os.path.abspath(root), tuple(names))
-    if key not in _readable:
-        bad = []
-        for name in names:
-            try:
-                with Image.open(os.path.join(root, name)) as img:
-                    img.size  # reads the header only
-            except Exception as e:  # PIL raises many kinds on bad files
-                bad.append((name, type(e).__name__))
-        shown = ', '.join(f'{n} ({why})' for n, why in bad[:5])
-        if len(bad) == len(names):
-            raise DataError(f'none of the {len(names)} image files in {root} '
-                            f'can be read (e.g. {shown}); {hint} again')
-        if bad:
-            more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
-            warn(f'skipping {len(bad)} unreadable image file(s) in {root}: '
-                 f'{shown}{more}')
-        bad_names = {n for n, _ in bad}
-        _readable[key] = [n for n in names if n not in bad_names]
-    return list(_readable[key])
-
-
-def split_files(filenames, split):
-    n_test = max(1, int(round(len(filenames) * HELD_OUT_FRACTION)))
-    if split == 'train':
-        return filenames[:-n_test] if len(filenames) > 1 else filenames
-    if split == 'test':
-        return filenames[-n_test:]
-    if split == 'all':
-        return filenames
-    raise ValueError(f"unknown split {split!r}: use 'train', 'test' or 'all'")
+    """Sorted names of the readable images in `root` (image_folder's, with
+    the download hint of `dataset_type` in its errors)."""
+    return image_folder.readable_images(
+        root, f'{dataset_type} images',
+        DOWNLOAD_HINTS.get(dataset_type, image_folder.DEFAULT_HINT))
 
 
 def celeba_transform(img_shape):
@@ -171,8 +114,9 @@ class CelebADataset(Dataset):
         super().__init__()
         self.root = root
         self.img_shape = tuple(img_shape)
-        self.filenames = split_files(readable_images(root, dataset_type),
-                                     split)
+        self.filenames = image_folder.dataset_files(
+            root, split, f'{dataset_type} images',
+            DOWNLOAD_HINTS.get(dataset_type, image_folder.DEFAULT_HINT))
         self.pipeline = celeba_transform(self.img_shape)
         self.warned = set()
 
@@ -182,19 +126,54 @@ class CelebADataset(Dataset):
     def __getitem__(self, index: int):
         # A file whose header is fine can still fail to decode (truncated):
         # warn once and use the next file, so one bad image does not stop a
-        # long run.
-        for i in range(len(self.filenames)):
-            path = os.path.join(self.root,
-                                self.filenames[(index + i) % len(self)])
-            try:
-                with Image.open(path) as img:
-                    return self.pipeline(img.convert('RGB'))  # [3, H, W]
-            except OSError as e:
-                if path not in self.warned:
-                    self.warned.add(path)
-                    warn(f'skipping unreadable image {path} ({e})')
-        raise DataError(f'none of the {len(self)} images in {self.root} can '
-                        'be decoded; download and unpack them again')
+        # long run (the LMDB dataset skips alike).
+        img = image_folder.first_decodable(
+            index, len(self.filenames), self.decode, self.path, self.warned,
+            self.root, 'download and unpack them again')
+        return self.pipeline(img)  # [3, H, W]
+
+    def path(self, i):
+        return os.path.join(self.root, self.filenames[i])
+
+    def decode(self, i):
+        return image_folder.decode_rgb(self.path(i))
+
+
+def files_fingerprint(dataset):
+    """A sha256 hex string of the files `dataset` reads, for caches of what
+    was computed from them (the code cache): it changes when images are
+    added, removed or rewritten. Folder: (name, size, mtime) of its split's
+    files; LMDB: the key-list checksum recorded at conversion, data.mdb's
+    size and mtime, and the split; MNIST: its raw files and split; Subset:
+    the inner dataset's and the indices. None for a dataset of another kind.
+    """
+    if isinstance(dataset, Subset):
+        inner = files_fingerprint(dataset.dataset)
+        if inner is None:
+            return None
+        idx = dataset.indices
+        idx = f'range({idx.start},{idx.stop},{idx.step})' \
+            if isinstance(idx, range) else ','.join(map(str, idx))
+        return _sha256(f'subset:{inner}:{idx}')
+    if isinstance(dataset, CelebADataset):
+        return image_folder.files_fingerprint(dataset.root,
+                                              dataset.filenames)
+    if isinstance(dataset, MNISTImageDataset):
+        raw = dataset.mnist.raw_folder
+        names = sorted(f for f in os.listdir(raw)
+                       if os.path.isfile(os.path.join(raw, f)))
+        return _sha256(f'mnist:train={dataset.mnist.train}:'
+                       + image_folder.files_fingerprint(raw, names))
+    from dldemos.lmdb_loader import LMDBImageDataset
+    if isinstance(dataset, LMDBImageDataset):
+        st = os.stat(os.path.join(dataset.path, 'data.mdb'))
+        return _sha256(f'lmdb:{dataset.meta["names_sha256"]}:{st.st_size}:'
+                       f'{st.st_mtime_ns}:{dataset.split}')
+    return None
+
+
+def _sha256(text):
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
@@ -203,6 +182,10 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
         raise ValueError(f'unknown dataset type {type!r}: use one of '
                          f'{", ".join(DATASET_TYPES)}')
     if type == 'MNIST':
+        if use_lmdb:
+            raise UsageError('use_lmdb=True is for the CelebA and CelebAHQ '
+                             'image folders; MNIST is read from its own '
+                             'files: set use_lmdb=False')
         if split == 'all':
             raise ValueError("MNIST has train and test splits, not 'all'")
         return MNISTImageDataset(img_shape or (28, 28),
@@ -217,10 +200,11 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
         try:
             return LMDBImageDataset(path, split=split,
                                     transform=celeba_transform(
-                                        kwargs.get('img_shape', (64, 64))))
-        except LMDBNotFound as e:
+                                        kwargs.get('img_shape', (64, 64))),
+                                    expect_type=type)
+        except LMDBNotFound:
             if os.path.exists(path):  # there, but unfinished or foreign
-                raise DataError(str(e)) from None
+                raise
             raise DataError(
                 f'LMDB {path} not found: make it with `python '
                 'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with '
@@ -316,7 +300,8 @@ def to_lmdb(data_root=DATA_ROOT, lmdb_root=None):
         if os.path.exists(out):
             print(f'{out} exists, skipped (delete it to rebuild)')
             continue
-        n = folder_to_lmdb(os.path.join(data_root, d), out)
+        n = folder_to_lmdb(os.path.join(data_root, d), out,
+                           'CelebA' if d == CELEBA_DIR else 'CelebAHQ')
         print(f'wrote {n} images to {out}')
 
 
@@ -342,4 +327,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(report_errors(main))
