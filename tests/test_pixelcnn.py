@@ -65,12 +65,14 @@ def test_masked_conv_rejects_non_same_geometry(bad):
         HorizontalMaskConv2d('B', 2, 2, **kwargs)
 
 
-def small_prior(n_blocks=2, p=8, linear_dim=8, K=6, seed=0, embed=True):
+def small_prior(n_blocks=2, p=8, linear_dim=8, K=6, seed=0, embed=True,
+                n_classes=None):
     torch.manual_seed(seed)
     if embed:
-        model = PixelCNNWithEmbedding(n_blocks, p, linear_dim, True, K)
+        model = PixelCNNWithEmbedding(n_blocks, p, linear_dim, True, K,
+                                      n_classes)
     else:
-        model = GatedPixelCNN(n_blocks, p, linear_dim, True, K)
+        model = GatedPixelCNN(n_blocks, p, linear_dim, True, K, n_classes)
     # non-trivial batch-norm statistics and affine parameters
     g = torch.Generator().manual_seed(seed + 1)
     for m in model.modules():
@@ -132,12 +134,21 @@ def raster_dependencies(model, x_base, perturb):
     return diff.reshape(n, n)
 
 
+def with_class(model, c):
+    """model(x) of a class-conditional model, every image of class c."""
+    return lambda x: model(x, torch.full((x.shape[0],), c))
+
+
 @pytest.mark.parametrize('embed', [True, False])
 @pytest.mark.parametrize('H,W', [(5, 6), (4, 3)])
-def test_pixelcnn_is_causal_in_raster_order(embed, H, W):
+@pytest.mark.parametrize('n_classes,c', [(None, None), (3, 0), (3, 2)])
+def test_pixelcnn_is_causal_in_raster_order(embed, H, W, n_classes, c):
     K = 6
-    model = small_prior(n_blocks=2, p=8, linear_dim=8, K=K, embed=embed)
+    model = small_prior(n_blocks=2, p=8, linear_dim=8, K=K, embed=embed,
+                        n_classes=n_classes)
     model = model.double().eval()
+    if n_classes is not None:  # the class bias must not leak positions
+        model = with_class(model, c)
     g = torch.Generator().manual_seed(H * W)
     if embed:
         x = torch.randint(0, K, (H, W), generator=g)
@@ -194,3 +205,67 @@ def test_output_layer_runs_in_fp32_under_bf16_autocast():
         expected = F.conv2d(inp, model.out.weight, model.out.bias)
     assert expected.dtype == torch.float32
     torch.testing.assert_close(seen['out'], expected, atol=1e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------- class-conditional
+@pytest.mark.parametrize('embed', [True, False])
+def test_unconditional_state_dict_is_unchanged(embed):
+    # n_classes=None must keep the tutorial's keys (and order) exactly
+    plain = small_prior(embed=embed)
+    none = small_prior(embed=embed, n_classes=None)
+    assert list(plain.state_dict()) == list(none.state_dict())
+    assert not any('class_bias' in k for k in plain.state_dict())
+    cond = small_prior(embed=embed, n_classes=4)
+    extra = [k for k in cond.state_dict() if k not in plain.state_dict()]
+    # one class bias per block (block1 + 2 blocks), nothing else
+    assert extra == ['block1.class_bias.weight',
+                     'blocks.0.class_bias.weight',
+                     'blocks.1.class_bias.weight']
+    assert cond.state_dict()[extra[0]].shape == (4, 2 * 8)
+
+
+@pytest.mark.parametrize('n_classes', [2, 10])
+@pytest.mark.parametrize('train', [True, False])
+def test_classes_change_the_logits(n_classes, train):
+    model = small_prior(K=6, n_classes=n_classes).train(train)
+    seen = {}
+    model.blocks[-1].register_forward_hook(
+        lambda m, i, o: seen.update(h=o[1]))  # [N, p, H, W], before the head
+    x = torch.randint(0, 6, (1, 4, 5)).repeat(n_classes, 1, 1)
+    with torch.no_grad():
+        logits = model(x, torch.arange(n_classes))  # [n_classes, K, 4, 5]
+    for a in range(n_classes):
+        for b in range(a + 1, n_classes):
+            assert (logits[a] - logits[b]).abs().max() > 1e-4, (a, b)
+            # the class reaches every position, even (0, 0), which sees no
+            # codes (the head's ReLUs may still map two states to one)
+            diff = (seen['h'][a] - seen['h'][b]).abs().amax(0)  # [4, 5]
+            assert (diff > 1e-6).all(), (a, b)
+
+
+def test_class_bias_gets_gradient_only_for_the_classes_seen():
+    model = small_prior(K=6, n_classes=5).train()
+    x = torch.randint(0, 6, (4, 3, 3))
+    model(x, torch.tensor([1, 3, 3, 1])).square().mean().backward()
+    for block in [model.block1, *model.blocks]:
+        seen = block.class_bias.weight.grad.abs().sum(1) > 0  # [5]
+        assert seen.tolist() == [False, True, False, True, False]
+
+
+@pytest.mark.parametrize('n_classes,y,match', [
+    (None, [0, 1], 'unconditional'),
+    (3, None, 'class-conditional'),
+    (3, [0], 'one class per image'),
+])
+def test_labels_must_fit_the_model(n_classes, y, match):
+    model = small_prior(n_classes=n_classes).eval()
+    x = torch.randint(0, 6, (2, 3, 3))
+    with pytest.raises(ValueError, match=match):
+        model(x, None if y is None else torch.tensor(y))
+
+
+def test_label_range_is_checked_on_request():
+    model = small_prior(n_classes=3)
+    with pytest.raises(ValueError, match='0 .. 2'):
+        model.check_labels(torch.tensor([0, 3]), 2)
+    model.check_labels(torch.tensor([0, 2]), 2)

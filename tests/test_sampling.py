@@ -3,14 +3,15 @@ import pytest
 import torch
 
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
-from dldemos.VQVAE.sampling import (SAMPLERS, sample_codes,
+from dldemos.VQVAE.sampling import (SAMPLERS, grid_labels, sample_codes,
                                     sample_from_logits)
 
 
-def random_prior(n_blocks=2, p=8, linear_dim=12, K=10, bn=True, seed=0):
+def random_prior(n_blocks=2, p=8, linear_dim=12, K=10, bn=True, seed=0,
+                 n_classes=None):
     """A random prior in eval mode whose batch norms are not the identity."""
     torch.manual_seed(seed)
-    model = PixelCNNWithEmbedding(n_blocks, p, linear_dim, bn, K)
+    model = PixelCNNWithEmbedding(n_blocks, p, linear_dim, bn, K, n_classes)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
@@ -126,3 +127,61 @@ def test_cached_sampler_runs_in_full_fp32_and_restores_settings():
         torch.backends.cudnn.allow_tf32 = before[2]
     assert seen == [('highest', False, False)] * 9
     assert after == ('medium', True, True)
+
+
+# ------------------------------------------------------- class-conditional
+@pytest.mark.parametrize('H,W', [(1, 1), (3, 5), (7, 7)])
+@pytest.mark.parametrize('y', [[0], [2, 0, 1], [1, 1]])
+@pytest.mark.parametrize('bn', [True, False])
+def test_cached_matches_naive_under_a_condition(H, W, y, bn):
+    model = random_prior(bn=bn, seed=H * 10 + W, n_classes=3)
+    n = len(y)
+    naive, naive_steps = run_sampler(model, 'naive', n, H, W, y=y)
+    cached, cached_steps = run_sampler(model, 'cached', n, H, W, y=y)
+    assert [s[:2] for s in cached_steps] == [s[:2] for s in naive_steps]
+    for (i, j, a), (_, _, b) in zip(naive_steps, cached_steps):
+        assert torch.allclose(a, b, atol=1e-4, rtol=0), (i, j)
+    assert torch.equal(naive, cached)
+
+
+@pytest.mark.parametrize('c', [0, 4])
+def test_conditional_cached_logits_are_the_models_logits(c):
+    model = random_prior(n_blocks=3, p=16, linear_dim=16, K=12, seed=c,
+                         n_classes=5)
+    y = torch.full((2,), c)
+    codes, steps = run_sampler(model, 'cached', 2, 5, 6, y=y)
+    with torch.no_grad():
+        full = model(codes, y)  # [2, K, 5, 6]
+    for i, j, logits in steps:
+        assert torch.allclose(logits, full[:, :, i, j], atol=1e-4, rtol=0)
+
+
+def test_the_class_changes_the_first_logits_of_the_cached_sampler():
+    model = random_prior(n_classes=4, seed=2)
+    firsts = []
+    for c in range(4):
+        _, steps = run_sampler(model, 'cached', 1, 2, 2, y=[c])
+        firsts.append(steps[0][2])  # [1, K] at (0, 0): sees only the class
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not torch.allclose(firsts[a], firsts[b], atol=1e-4)
+
+
+@pytest.mark.parametrize('sampler', ['cached', 'naive'])
+def test_samplers_refuse_labels_that_do_not_fit(sampler):
+    cond, plain = random_prior(n_classes=3), random_prior()
+    with pytest.raises(ValueError, match='class-conditional'):
+        sample_codes(cond, 2, 2, 2, 'cpu', sampler)
+    with pytest.raises(ValueError, match='0 .. 2'):
+        sample_codes(cond, 2, 2, 2, 'cpu', sampler, y=[0, 3])
+    with pytest.raises(ValueError, match='unconditional'):
+        sample_codes(plain, 2, 2, 2, 'cpu', sampler, y=[0, 1])
+
+
+@pytest.mark.parametrize('n_classes,n,expected', [
+    (10, 81, [c for c in range(10) for _ in range(8)]),
+    (10, 5, list(range(10))),
+    (3, 7, [0, 0, 1, 1, 2, 2]),
+])
+def test_grid_labels_give_one_row_per_class(n_classes, n, expected):
+    assert grid_labels(n_classes, n).tolist() == expected

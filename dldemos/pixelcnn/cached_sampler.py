@@ -14,6 +14,10 @@ Gated PixelCNN only look up and left:
   so a position costs a few [N, p] x [p, 2p] products per layer. The left
   inputs are kept as references (a short list per layer), not copied.
 
+A class-conditional model's class bias is a constant per block and image:
+it is added to each row's vertical pre-activations and folded into the
+horizontal stack's per-row bias, so it costs nothing per position.
+
 Batch norm in eval mode is a per-channel affine map; it is folded into the
 convolution before it, so a position needs no extra ops for it. Every layer
 of the model is computed the same way as in `forward`, only for fewer
@@ -85,12 +89,24 @@ def _gate(x, p):
     return torch.tanh(x[:, :p]) * torch.sigmoid(x[:, p:])
 
 
+def _with_class(row_bias, cond):
+    """A row's horizontal bias [n, W, 2p] plus the class bias [n, 2p]."""
+    return row_bias if cond is None else row_bias + cond[:, None, :]
+
+
+def _class_bias(block, y):
+    """The block's class bias of each image [n, 2p], or None (unconditional
+    model): what GatedBlock adds before both gates."""
+    return None if y is None else block.class_bias.weight[y]
+
+
 @torch.no_grad()
 @full_fp32()  # see the module docstring
 def sample_incremental(gen_model, n, H, W, device, sample_fn,
                        temperature=1.0, top_k=None, generator=None,
-                       on_step=None):
-    """Codes [n, H, W] drawn from a PixelCNNWithEmbedding in eval mode.
+                       on_step=None, y=None):
+    """Codes [n, H, W] drawn from a PixelCNNWithEmbedding in eval mode;
+    y [n]: the class of each image, for a class-conditional model.
 
     sample_fn(logits [n, K], temperature, top_k, generator) -> codes [n]
     draws one position, as in the naive sampler, so both make the same random
@@ -102,8 +118,10 @@ def sample_incremental(gen_model, n, H, W, device, sample_fn,
     if not hasattr(gen_model, 'embedding'):
         raise TypeError('the cached sampler needs a PixelCNNWithEmbedding '
                         '(a model that embeds integer codes)')
+    gen_model.check_labels(y, n)
     blocks = [gen_model.block1, *gen_model.blocks]
     layers = [_Layer(b) for b in blocks]
+    cond = [_class_bias(b, y) for b in blocks]  # [n, 2p] or None per layer
     p = blocks[0].p
     dtype = gen_model.embedding.weight.dtype
     emb = gen_model.embedding.weight  # [K, p]
@@ -117,8 +135,8 @@ def sample_incremental(gen_model, n, H, W, device, sample_fn,
     # per layer, for the current row: v_to_h plus the h_conv bias, added to
     # the horizontal stack before the gate. Row 0 sees only padding: the
     # 1x1 conv (and bn2) of zeros is its bias.
-    row_bias = [(layer.vh_b + layer.h_b).expand(n, W, -1)
-                for layer in layers]  # [n, W, 2p] per layer
+    row_bias = [_with_class((layer.vh_b + layer.h_b).expand(n, W, -1), c)
+                for layer, c in zip(layers, cond)]  # [n, W, 2p] per layer
     for i in range(H):
         # per layer: its horizontal inputs at columns j - n_left .. j - 1
         # of this row (the padding left of column 0 is zeros: skipped)
@@ -159,8 +177,12 @@ def sample_incremental(gen_model, n, H, W, device, sample_fn,
             vpre = F.conv2d(F.pad(rows, (layer.pad_w, layer.pad_w)),
                             layer.v_w, layer.v_b)[:, :, 0]  # [n, 2p, W]
             # row i + 1 of the horizontal stack sees this row through v_to_h
-            row_bias[k] = torch.addmm(
+            # (taken before the class bias, as in GatedBlock)
+            row_bias[k] = _with_class(torch.addmm(
                 layer.vh_b + layer.h_b, vpre.transpose(1, 2).reshape(
-                    -1, 2 * p), layer.vh_w.t()).reshape(n, W, 2 * p)
+                    -1, 2 * p), layer.vh_w.t()).reshape(n, W, 2 * p),
+                cond[k])
+            if cond[k] is not None:
+                vpre = vpre + cond[k][:, :, None]  # [n, 2p, W]
             v = _gate(vpre, p)  # [n, p, W]: the next layer's vertical input
     return x

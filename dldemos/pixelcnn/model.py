@@ -73,8 +73,11 @@ class HorizontalMaskConv2d(nn.Module):
 
 
 class GatedBlock(nn.Module):
+    """One gated layer: a vertical and a horizontal stack. With `n_classes`,
+    a class-conditional one (van den Oord et al. 2016, section 2.3): a learned
+    per-class vector is added to the pre-gate activations of both stacks."""
 
-    def __init__(self, conv_type, in_channels, p, bn=True):
+    def __init__(self, conv_type, in_channels, p, bn=True, n_classes=None):
         super().__init__()
         self.conv_type = conv_type
         self.p = p
@@ -87,8 +90,12 @@ class GatedBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(2 * p) if bn else nn.Identity()
         self.h_output_conv = nn.Conv2d(p, p, 1)
         self.bn4 = nn.BatchNorm2d(p) if bn else nn.Identity()
+        # registered last and only when conditional: an unconditional
+        # block's state dict stays the tutorial's
+        if n_classes is not None:
+            self.class_bias = nn.Embedding(n_classes, 2 * p)
 
-    def forward(self, v_input, h_input):
+    def forward(self, v_input, h_input, y=None):
         v = self.v_conv(v_input)  # [N, 2p, H, W]
         v = self.bn1(v)
         # v at row i has seen row i itself; the horizontal stack may only use
@@ -97,12 +104,22 @@ class GatedBlock(nn.Module):
         v_to_h = self.v_to_h_conv(v_to_h)
         v_to_h = self.bn2(v_to_h)
 
+        # the class bias is a constant over positions, so it cannot break
+        # causality; v_to_h takes v without it, as in the paper's figure 2
+        cond = None
+        if y is not None:
+            cond = self.class_bias(y).to(v.dtype)  # [N, 2p]
+            cond = cond[:, :, None, None]  # [N, 2p, 1, 1]
+            v = v + cond
+
         v1, v2 = v[:, :self.p], v[:, self.p:]
         v = torch.tanh(v1) * torch.sigmoid(v2)  # [N, p, H, W]
 
         h = self.h_conv(h_input)  # [N, 2p, H, W]
         h = self.bn3(h)
         h = h + v_to_h
+        if cond is not None:
+            h = h + cond
         h1, h2 = h[:, :self.p], h[:, self.p:]
         h = torch.tanh(h1) * torch.sigmoid(h2)  # [N, p, H, W]
         h = self.h_output_conv(h)
@@ -113,22 +130,48 @@ class GatedBlock(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
+    """`n_classes` None: the tutorial's unconditional model; else forward
+    takes a class per image, y [N] in 0 .. n_classes - 1."""
 
-    def __init__(self, n_blocks, p, linear_dim, bn=True, color_level=256):
+    def __init__(self, n_blocks, p, linear_dim, bn=True, color_level=256,
+                 n_classes=None):
         super().__init__()
-        self.block1 = GatedBlock('A', 1, p, bn)
+        self.n_classes = n_classes
+        self.block1 = GatedBlock('A', 1, p, bn, n_classes)
         self.blocks = nn.ModuleList()
         for _ in range(n_blocks):
-            self.blocks.append(GatedBlock('B', p, p, bn))
+            self.blocks.append(GatedBlock('B', p, p, bn, n_classes))
         self.relu = nn.ReLU()
         self.linear1 = nn.Conv2d(p, linear_dim, 1)
         self.linear2 = nn.Conv2d(linear_dim, linear_dim, 1)
         self.out = nn.Conv2d(linear_dim, color_level, 1)
 
-    def forward(self, x):
-        v, h = self.block1(x, x)
+    def check_labels(self, y, n=None, *, values=True):
+        """A conditional model needs one class per image, an unconditional
+        one takes none: said here rather than as an index error deep in.
+        `values`: also check the range (a host sync: not per training
+        step on a GPU)."""
+        if self.n_classes is None:
+            if y is not None:
+                raise ValueError('this PixelCNN is unconditional '
+                                 '(n_classes=None): it takes no labels')
+            return
+        if y is None:
+            raise ValueError(f'this PixelCNN is class-conditional '
+                             f'(n_classes={self.n_classes}): give a class '
+                             'per image')
+        if y.dim() != 1 or (n is not None and y.shape[0] != n):
+            raise ValueError(f'labels of shape {tuple(y.shape)}: give one '
+                             'class per image')
+        if values and y.numel() and not \
+                0 <= int(y.min()) <= int(y.max()) < self.n_classes:
+            raise ValueError(f'labels must lie in 0 .. {self.n_classes - 1}')
+
+    def forward(self, x, y=None):
+        self.check_labels(y, x.shape[0], values=False)
+        v, h = self.block1(x, x, y)
         for block in self.blocks:
-            v, h = block(v, h)
+            v, h = block(v, h, y)
         x = self.relu(h)
         x = self.linear1(x)
         x = self.relu(x)
