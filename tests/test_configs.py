@@ -4,7 +4,7 @@ import pytest
 from dldemos.VQVAE.configs import DEFAULTS, cfgs, get_cfg
 from dldemos.errors import UsageError
 from dldemos.VQVAE.config_check import (apply_overrides, check_ranges,
-                                        parse_value)
+                                        load_cfg, parse_value)
 
 # The tutorial's configs (its configs.py; the text states dim, n_embedding,
 # the CelebAHQ shapes and the PixelCNN sizes 15/128/32 and 15/384/256).
@@ -92,6 +92,7 @@ def test_unknown_id_lists_valid_ids(bad):
     ('sampler', 'naive', 'naive'),
     ('vqvae_path', 'runs/a.pth', 'runs/a.pth'),
     ('eval_subset', 'None', None),
+    ('n_classes', '10', 10),
 ])
 def test_apply_overrides_parses_to_the_keys_type(key, text, expected):
     cfg = apply_overrides(get_cfg(0), [f'{key}={text}'])
@@ -142,3 +143,25 @@ def test_shipped_configs_pass_the_range_checks(cfg_id):
                                     'pixelcnn_n_blocks=0'])
 def test_range_checks_accept_edge_values(option):
     check_ranges(apply_overrides(get_cfg(0), [option]))
+
+
+def test_n_classes_defaults_to_the_unconditional_prior():
+    assert all(get_cfg(i)['n_classes'] is None for i in range(len(cfgs)))
+    assert load_cfg(5, ['n_classes=10'])['n_classes'] == 10
+    assert load_cfg(0, ['n_classes=None'])['n_classes'] is None
+
+
+@pytest.mark.parametrize('cfg_id,option,expected', [
+    (1, 'n_classes=10', 'CelebAHQ images have no labels'),
+    (4, 'n_classes=2', 'CelebAHQ images have no labels'),
+    (5, 'dataset_type=CelebA', 'CelebA images have no labels'),
+    (5, 'n_classes=5', 'MNIST has 10 classes'),
+    (0, 'n_classes=0', 'n_classes=0'),
+    (0, 'n_classes=2.0', 'n_classes=2.0'),
+])
+def test_n_classes_needs_labels_that_fit(cfg_id, option, expected):
+    options = [option] + (['n_classes=10', 'img_shape=(3,64,64)']
+                          if option.startswith('dataset_type') else [])
+    with pytest.raises(UsageError) as e:
+        load_cfg(cfg_id, options)
+    assert expected in str(e.value) and '\n' not in str(e.value)

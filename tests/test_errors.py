@@ -232,6 +232,7 @@ def one_line_error(capsys, *argv):
     ([], ['temperature=inf'], 'temperature'),
     ([], ['temperature=1e999'], 'finite'),
     ([], ['use_lmdb=True'], 'use_lmdb'),
+    ([], ['n_classes=3'], 'MNIST has 10 classes'),
     ([], ['img_shape=(1,4096,4096)'], 'larger than'),
     ([], ['vqvae_path=same.pth', 'gen_model_path=same.pth'], 'same file'),
     ([], ['vqvae_path='], 'vqvae_path'),

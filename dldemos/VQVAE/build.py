@@ -8,13 +8,15 @@ from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 
 
 def build_models(cfg):
-    """(vqvae, gen_model) as the tutorial builds them from a config."""
+    """(vqvae, gen_model) as the tutorial builds them from a config (the
+    prior class-conditional when cfg['n_classes'] is set)."""
     img_shape = cfg['img_shape']
     vqvae = VQVAE(img_shape[0], cfg['dim'], cfg['n_embedding'])
     gen_model = PixelCNNWithEmbedding(cfg['pixelcnn_n_blocks'],
                                       cfg['pixelcnn_dim'],
                                       cfg['pixelcnn_linear_dim'],
-                                      cfg['pixelcnn_bn'], cfg['n_embedding'])
+                                      cfg['pixelcnn_bn'], cfg['n_embedding'],
+                                      cfg['n_classes'])
     return vqvae, gen_model
 
 

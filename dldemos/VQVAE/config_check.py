@@ -18,6 +18,8 @@ SAMPLER_NAMES = ('cached', 'naive')
 # Largest image side we accept: the VQ-VAE's activations grow with H * W, and
 # a typo such as (3, 6400, 6400) would otherwise end in the kernel's OOM kill.
 MAX_IMG_SIDE = 1024
+# classes of the datasets with labels (a class-conditional prior needs them)
+N_CLASSES = {'MNIST': 10}
 # checkpoint paths of the two stages; their resume points and code caches sit
 # beside them, so two equal paths would overwrite each other's files
 PATH_KEYS = ('vqvae_path', 'gen_model_path')
@@ -103,7 +105,7 @@ INT_RULES = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
                'save_every'), False, 1),
              (('n_epochs', 'n_epochs_2', 'pixelcnn_n_blocks', 'num_workers',
                'preview_every', 'n_preview'), False, 0),
-             (('train_subset', 'top_k'), True, 1),
+             (('train_subset', 'top_k', 'n_classes'), True, 1),
              (('eval_subset',), True, 0)]
 
 
@@ -138,6 +140,22 @@ def check_ranges(cfg):
                          'files: set use_lmdb=False')
 
 
+def check_n_classes(cfg):
+    """A class-conditional prior needs a label per image, and one class
+    bias per label: an index error deep in training otherwise."""
+    n, dataset = cfg['n_classes'], cfg['dataset_type']
+    if n is None:
+        return
+    if dataset not in N_CLASSES:
+        raise UsageError(f'n_classes={n}: {dataset} images have no labels, '
+                         'so the prior cannot be class-conditional: set '
+                         'n_classes=None')
+    if n != N_CLASSES[dataset]:
+        raise UsageError(f'n_classes={n}: {dataset} has '
+                         f'{N_CLASSES[dataset]} classes: set n_classes='
+                         f'{N_CLASSES[dataset]} or None')
+
+
 def check_paths(cfg):
     """Empty checkpoint paths, or two outputs at one file, would lose a
     trained model only after an epoch: refuse before training."""
@@ -165,6 +183,7 @@ def load_cfg(config_id, options=(), seed=0):
     cfg['seed'] = seed
     check_ranges(cfg)
     check_img_shape(cfg)
+    check_n_classes(cfg)
     check_paths(cfg)
     # the last of repeated keys wins, as in most CLIs; said (once the config
     # is known to be valid), since one of the two is often a typo

@@ -33,6 +33,8 @@ DEFAULTS = dict(
     pixelcnn_bn=True,      # BatchNorm in the prior's gated blocks (the
                            # tutorial's); per-rank batch statistics make a
                            # DDP step differ slightly from one big-batch step
+    n_classes=None,        # None: the tutorial's unconditional prior; 10:
+                           # an MNIST prior conditioned on the digit
 )
 
 mnist_cfg1 = dict(dataset_type='MNIST',
