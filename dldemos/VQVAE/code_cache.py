@@ -6,6 +6,9 @@ codes are computed once and stored as a compact integer tensor next to the
 VQ-VAE checkpoint (`<ckpt>.codes_<split>.pt`). The file records a hash of the
 checkpoint, the data settings and a fingerprint of the image files
 (dataset.files_fingerprint), and is rebuilt when any of them changes.
+For a class-conditional prior the file also holds the images' labels, in
+the order of the codes; a file without them is rebuilt when they are asked
+for, and one with them serves unconditional runs too.
 """
 import os
 
@@ -29,32 +32,45 @@ def code_dtype(n_embedding):
 
 
 @torch.no_grad()
-def encode_all(vqvae, dataloader, device, progress=None):
-    """Codes of every image of the (unshuffled) loader: [N, h, w] integers."""
+def encode_all(vqvae, dataloader, device, progress=None, *,
+               with_labels=False):
+    """Codes of every image of the (unshuffled) loader: [N, h, w] integers.
+    with_labels: the loader yields (images, labels); returns (codes,
+    labels [N]), labels read in the same pass, so they stay aligned."""
     vqvae.eval()
     dtype = code_dtype(vqvae.vq_embedding.num_embeddings)
-    out = []
-    for x in (progress(dataloader) if progress else dataloader):
-        out.append(vqvae.encode(x.to(device)).to('cpu', dtype))  # [n, h, w]
-    return torch.cat(out)
+    codes, labels = [], []
+    for batch in (progress(dataloader) if progress else dataloader):
+        x = batch[0] if with_labels else batch
+        codes.append(vqvae.encode(x.to(device)).to('cpu', dtype))  # [n,h,w]
+        if with_labels:
+            labels.append(batch[1].to('cpu', torch.long))  # [n]
+    if with_labels:
+        return torch.cat(codes), torch.cat(labels)
+    return torch.cat(codes)
 
 
-def valid_cache(path, key):
-    """Whether path holds codes made for exactly `key`. Anything else there
-    (another key, a file of another kind, a damaged one) is rebuilt: the
-    cache is derived data, never worth an error."""
+def valid_cache(path, key, with_labels=False):
+    """Whether path holds codes made for exactly `key` (and labels beside
+    them when asked for). Anything else there (another key, a file of
+    another kind, a damaged one) is rebuilt: the cache is derived data,
+    never worth an error."""
     if not os.path.isfile(path):
         return False
     try:
         cached = load_file(path, 'code cache')
     except CheckpointError:
         return False
-    return isinstance(cached, dict) and cached.get('key') == key and \
-        isinstance(cached.get('codes'), torch.Tensor)
+    if not (isinstance(cached, dict) and cached.get('key') == key and
+            isinstance(cached.get('codes'), torch.Tensor)):
+        return False
+    labels = cached.get('labels')
+    return not with_labels or (isinstance(labels, torch.Tensor) and
+                               labels.shape == cached['codes'].shape[:1])
 
 
 def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None,
-                  fingerprint=None):
+                  fingerprint=None, *, with_labels=False):
     """Codes for `key` (dict of data settings), from the cache if it is valid.
 
     The key also holds the VQ-VAE checkpoint's hash and, as 'files', what
@@ -62,6 +78,8 @@ def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None,
     `fingerprint`, else dataset.files_fingerprint of make_loader()'s dataset
     (so images added, removed or rewritten rebuild the cache).
     Rank 0 builds the cache; other ranks wait at a barrier, then read it.
+    with_labels: make_loader()'s batches are (images, labels), and the
+    result is (codes, labels).
     """
     path = cache_path(ckpt_path, key.get('split', 'train'), key.get('subset'))
     key = dict(key, vqvae_sha256=file_sha256(ckpt_path))
@@ -72,9 +90,16 @@ def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None,
                 loader = make_loader()  # no worker starts before iteration
                 fingerprint = files_fingerprint(loader.dataset)
             key['files'] = fingerprint
-        if not valid_cache(path, key):
-            codes = encode_all(vqvae, loader or make_loader(), device,
-                               progress)
-            save_atomic({'key': key, 'codes': codes}, path)
+        if not valid_cache(path, key, with_labels):
+            out = encode_all(vqvae, loader or make_loader(), device,
+                             progress, with_labels=with_labels)
+            codes, labels = out if with_labels else (out, None)
+            entry = {'key': key, 'codes': codes}
+            if with_labels:
+                entry['labels'] = labels
+            save_atomic(entry, path)
     barrier()
-    return load_file(path, 'code cache')['codes']
+    cached = load_file(path, 'code cache')
+    if with_labels:
+        return cached['codes'], cached['labels']
+    return cached['codes']

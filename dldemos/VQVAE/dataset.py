@@ -5,7 +5,9 @@
     python dldemos/VQVAE/dataset.py --to-lmdb --data-root /path/to/data \
         --lmdb-root data      # CelebA(HQ) folders -> data/celebA/*.lmdb
 
-Images come out as float tensors in [0, 1], [C, H, W].
+Images come out as float tensors in [0, 1], [C, H, W]; MNIST with
+with_labels=True gives (image, label) pairs instead (for a class-conditional
+prior; the tutorial's loaders give images only).
 Splits: MNIST uses its official train / test split. A CelebA(HQ) folder has no
 official split, so the last 10% of files by sorted name are held out as
 'test' and 'train' is the rest ('all' gives every file).
@@ -64,12 +66,14 @@ def load_mnist(root, train, download):
 
 
 class MNISTImageDataset(Dataset):
+    """MNIST images, as in the tutorial; with_labels: (image, label)."""
 
     def __init__(self, img_shape=(28, 28), root=os.path.join(DATA_ROOT,
                                                              MNIST_DIR),
-                 train=True, download=True):
+                 train=True, download=True, with_labels=False):
         super().__init__()
         self.img_shape = tuple(img_shape)
+        self.with_labels = with_labels
         self.mnist = load_mnist(root, train, download)
         # At the native size ToTensor() is just uint8 / 255: doing it once for
         # the whole set keeps __getitem__ an index, so no workers are needed.
@@ -86,8 +90,12 @@ class MNISTImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         if self.images is not None:
-            return self.images[index]  # [1, 28, 28]
-        return self.pipeline(self.mnist[index][0])
+            img = self.images[index]  # [1, 28, 28]
+        else:
+            img = self.pipeline(self.mnist[index][0])  # [1, H, W]
+        if self.with_labels:
+            return img, self.mnist.targets[index]  # label: 0-d int64
+        return img
 
 
 def readable_images(root, dataset_type='CelebAHQ'):
@@ -177,10 +185,13 @@ def _sha256(text):
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
-                use_lmdb=False, download=True):
+                use_lmdb=False, download=True, with_labels=False):
     if type not in DATASET_TYPES:
         raise ValueError(f'unknown dataset type {type!r}: use one of '
                          f'{", ".join(DATASET_TYPES)}')
+    if with_labels and type != 'MNIST':
+        raise UsageError(f'{type} images have no labels: only MNIST can '
+                         'feed a class-conditional prior')
     if type == 'MNIST':
         if use_lmdb:
             raise UsageError('use_lmdb=True is for the CelebA and CelebAHQ '
@@ -190,7 +201,8 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
             raise ValueError("MNIST has train and test splits, not 'all'")
         return MNISTImageDataset(img_shape or (28, 28),
                                  os.path.join(data_root, MNIST_DIR),
-                                 train=(split == 'train'), download=download)
+                                 train=(split == 'train'), download=download,
+                                 with_labels=with_labels)
     folder = os.path.join(data_root,
                           CELEBA_DIR if type == 'CelebA' else CELEBA_HQ_DIR)
     kwargs = {} if img_shape is None else {'img_shape': img_shape}
@@ -226,8 +238,10 @@ def get_dataloader(type,
                    seed=0,
                    pin_memory=False,
                    download=True,
+                   with_labels=False,
                    **kwargs):
-    """The tutorial's loader factory, plus data root, split and subset.
+    """The tutorial's loader factory, plus data root, split and subset;
+    with_labels (MNIST): batches of (images, labels) instead of images.
 
     With dist_train=True it returns (dataloader, sampler) as the tutorial's
     does; the sampler's set_epoch(e) must be called each epoch. Either way the
@@ -236,7 +250,7 @@ def get_dataloader(type,
     a resumed run sees the same batches as an uninterrupted one.
     """
     dataset = get_dataset(type, img_shape, data_root, split, use_lmdb,
-                          download)
+                          download, with_labels)
     if subset is not None:
         dataset = Subset(dataset, range(min(int(subset), len(dataset))))
     if isinstance(getattr(dataset, 'dataset', dataset), MNISTImageDataset) \

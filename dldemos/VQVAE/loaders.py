@@ -26,9 +26,10 @@ def usable_workers(requested):
 
 
 def image_loader(ctx, batch_size, split='train', *, subset=None,
-                 shuffle=True, sharded=False):
+                 shuffle=True, sharded=False, with_labels=False):
     """(loader, sampler) over the config's images of `split`; the sampler
-    has set_epoch. `sharded`: each rank reads its own part (training)."""
+    has set_epoch. `sharded`: each rank reads its own part (training).
+    `with_labels` (MNIST): batches of (images, labels)."""
     cfg = ctx.cfg
     out = get_dataloader(cfg['dataset_type'], batch_size,
                          img_shape=tuple(cfg['img_shape'][1:]),
@@ -37,7 +38,8 @@ def image_loader(ctx, batch_size, split='train', *, subset=None,
                          use_lmdb=cfg['use_lmdb'], data_root=ctx.data_root,
                          split=split, subset=subset, shuffle=shuffle,
                          seed=ctx.seed,
-                         pin_memory=ctx.device.type == 'cuda')
+                         pin_memory=ctx.device.type == 'cuda',
+                         with_labels=with_labels)
     return out if sharded else (out, out.sampler)
 
 
@@ -45,25 +47,28 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
                 batch_size=None):
     """(loader, sampler) over the VQ-VAE codes of `split`, encoded once and
     cached beside the VQ-VAE checkpoint. Training batches are sharded over
-    the ranks; held-out codes are scored whole by rank 0."""
+    the ranks; held-out codes are scored whole by rank 0. Batches are
+    (codes,), or (codes, labels) for a class-conditional prior."""
     cfg = ctx.cfg
     batch_size = batch_size or cfg['batch_size_2']
+    with_labels = cfg['n_classes'] is not None
     vqvae.to(ctx.device)
 
     def make_loader():  # images in file order: the cache is read by index
         loader, _ = image_loader(ctx, batch_size, split, subset=subset,
-                                 shuffle=False)
+                                 shuffle=False, with_labels=with_labels)
         return loader
 
     key = {'dataset_type': cfg['dataset_type'],
            'img_shape': list(cfg['img_shape']), 'split': split,
            'subset': subset, 'use_lmdb': cfg['use_lmdb'],
            'data_root': os.path.abspath(ctx.data_root)}
-    codes = code_cache.load_or_build(
+    out = code_cache.load_or_build(
         vqvae, ctx.ckpt('vqvae_path'), key, make_loader, ctx.device,
         lambda it: tqdm(it, desc=f'encoding {split} set', leave=False,
-                        disable=not is_main()))
-    dataset = TensorDataset(codes)
+                        disable=not is_main()), with_labels=with_labels)
+    # codes [N, h, w] (and labels [N]): batches of (codes,) or (codes, labels)
+    dataset = TensorDataset(*(out if with_labels else (out,)))
     sharded = is_dist() and shuffle
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=ctx.seed,
                                  **({} if sharded else
