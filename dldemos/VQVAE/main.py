@@ -42,7 +42,7 @@ from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
 from dldemos.VQVAE.plots import preview_reconstruction, save_grid
-from dldemos.VQVAE.sampling import sample
+from dldemos.VQVAE.sampling import grid_labels, sample
 from dldemos.VQVAE.work_lock import unlock_work_dir
 
 
@@ -110,6 +110,8 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     # the VQ-VAE is frozen here: it only turns images into codes
     vqvae.to(device)
     vqvae.eval()
+    # a class-conditional prior (n_classes set) reads each image's label too
+    conditional = cfg['n_classes'] is not None
     # the frozen VQ-VAE gives the same codes every epoch: by default they are
     # encoded once and cached; use_code_cache=False is the tutorial's loop
     if cfg['use_code_cache']:
@@ -118,7 +120,8 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     else:
         dataloader, sampler = image_loader(ctx, cfg['batch_size_2'],
                                            subset=cfg['train_subset'],
-                                           sharded=is_dist())
+                                           sharded=is_dist(),
+                                           with_labels=conditional)
     net = prepare_for_training(model, cfg, device)  # see train_vqvae
     net.train()
     # lr_2 is the tutorial's hard-coded 1e-3, now a config key
@@ -126,14 +129,23 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     # codes are categories: a K-way cross-entropy at every latent position
     loss_fn = nn.CrossEntropyLoss()
 
+    def codes_and_labels(batch):
+        """(codes [N, h, w], labels [N] or None) of a batch of either
+        loader: cached (codes[, labels]) or images (images[, labels])."""
+        y = batch[1].to(device, non_blocking=True).long() \
+            if conditional else None
+        if cfg['use_code_cache']:
+            return batch[0].to(device, non_blocking=True).long(), y
+        imgs = batch[0] if conditional else batch
+        # fp32, like the cache
+        return vqvae.encode(imgs.to(device, non_blocking=True)), y
+
     def step(batch):
         with torch.no_grad():  # codes are the input and the target
-            if cfg['use_code_cache']:
-                x = batch[0].to(device, non_blocking=True).long()
-            else:  # fp32, like the cache
-                x = vqvae.encode(batch.to(device, non_blocking=True))
+            x, y = codes_and_labels(batch)
         with autocast(cfg, device):
-            predict_x = net(x)  # [N, K, h, w] logits of every position
+            # [N, K, h, w] logits of every position (given each class)
+            predict_x = net(x) if y is None else net(x, y)
         # the PixelCNN's masks let position (i, j) see only the codes before
         # it in raster order, so predicting x from x is no cheat
         loss = loss_fn(predict_x.float(), x)
@@ -157,13 +169,20 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
                 device='cuda', dataset_type='MNIST',
                 out_path='work_dirs/vqvae_sample_MNIST.jpg', **sampling):
     """n_sample new images in one grid; `sampling`: sampler, temperature,
-    top_k, seed (see sampling.sample)."""
+    top_k, seed (see sampling.sample). A class-conditional prior draws a
+    grid of one row per class instead, max(1, n_sample // n_classes) wide."""
     vqvae = vqvae.to(device)
     vqvae.eval()
     # sample() puts the prior in eval mode (batch norm's running statistics)
     gen_model = gen_model.to(device)
-    imgs = sample(vqvae, gen_model, img_shape, n_sample, device, **sampling)
-    save_grid(imgs, out_path, dataset_type)
+    n_classes = gen_model.n_classes
+    labels = None
+    if n_classes is not None:  # classes in order: row c shows class c
+        labels = grid_labels(n_classes, n_sample)  # [n_classes * columns]
+        n_sample = len(labels)
+    imgs = sample(vqvae, gen_model, img_shape, n_sample, device,
+                  labels=labels, **sampling)
+    save_grid(imgs, out_path, dataset_type, n_rows=n_classes)
     return imgs
 
 

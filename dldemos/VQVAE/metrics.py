@@ -75,14 +75,20 @@ def vqvae_heldout(vqvae, dataloader, device, max_images=None,
 
 
 @torch.no_grad()
-def prior_nll(gen_model, code_batches, device):
-    """Mean negative log-likelihood of held-out codes, nats per latent."""
+def prior_nll(gen_model, code_batches, device, *, with_labels=False):
+    """Mean negative log-likelihood of held-out codes, nats per latent.
+    with_labels: batches are (codes, labels), and a class-conditional prior
+    scores each image's codes given its true class."""
     was_training = gen_model.training
     gen_model.eval()
     total, n_latents, n_images = 0.0, 0, 0
-    for codes in code_batches:
+    for batch in code_batches:
+        codes, labels = batch if with_labels else (batch, None)
         codes = codes.to(device).long()  # [N, h, w]
-        logits = gen_model(codes).float()  # [N, K, h, w]
+        if labels is None:
+            logits = gen_model(codes).float()  # [N, K, h, w]
+        else:
+            logits = gen_model(codes, labels.to(device).long()).float()
         total += float(F.cross_entropy(logits, codes, reduction='sum'))
         n_latents += codes.numel()
         n_images += codes.shape[0]

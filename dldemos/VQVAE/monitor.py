@@ -44,8 +44,11 @@ def prior_hooks(ctx, vqvae, gen_model):
     if cfg['eval_subset']:
         heldout, _ = code_loader(ctx, vqvae, 'test',
                                  subset=cfg['eval_subset'], shuffle=False)
+        # a class-conditional prior is scored given each image's class
+        with_labels = cfg['n_classes'] is not None
         hooks['heldout'] = lambda: {'test_nll': prior_nll(
-            gen_model, (b[0] for b in heldout), device)['nll_nats_per_latent']}
+            gen_model, (b if with_labels else b[0] for b in heldout), device,
+            with_labels=with_labels)['nll_nats_per_latent']}
         hooks['describe'] = lambda r: (
             f'test nll {r["test_nll"]:.4f} nats/latent (uniform '
             f'{math.log(cfg["n_embedding"]):.4f})')

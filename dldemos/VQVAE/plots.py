@@ -17,7 +17,7 @@ import torch
 
 from dldemos.errors import UsageError
 from dldemos.VQVAE.logs import read_jsonl
-from dldemos.VQVAE.sampling import sample_with_cfg
+from dldemos.VQVAE.sampling import grid_labels, sample_with_cfg
 
 LOSS_PLOT = 'loss_curves.png'
 PREVIEW_DIR = 'previews'
@@ -33,10 +33,12 @@ PANELS = [
 ]
 
 
-def save_grid(imgs, path, dataset_type):
-    """imgs [N, C, H, W] in [0, 1] -> one square-ish grid image at path."""
+def save_grid(imgs, path, dataset_type, n_rows=None):
+    """imgs [N, C, H, W] in [0, 1] -> one grid image at path, square-ish, or
+    of n_rows rows filled row by row (a class-conditional grid: a class a
+    row); images beyond full rows are left out."""
     n = imgs.shape[0]
-    n1 = max(1, int(n**0.5))
+    n1 = max(1, int(n**0.5)) if n_rows is None else min(n_rows, n)
     imgs = imgs[:n1 * (n // n1)]
     imgs = (imgs.clip(0, 1) * 255).detach().cpu()
     imgs = einops.rearrange(imgs, '(n1 n2) c h w -> (n1 h) (n2 w) c', n1=n1)
@@ -125,12 +127,16 @@ def preview_reconstruction(vqvae, x, path, dataset_type):
 
 @torch.no_grad()
 def preview_samples(vqvae, gen_model, cfg, path, seed, device):
-    """A few samples of the prior decoded by the VQ-VAE. A private generator
-    with a fixed seed draws them, so the training RNG stream is untouched and
-    each epoch's grid starts from the same random numbers."""
-    imgs = sample_with_cfg(vqvae, gen_model, cfg, cfg['n_preview'], device,
-                           seed)
-    save_grid(imgs, path, cfg['dataset_type'])
+    """A few samples of the prior decoded by the VQ-VAE (a class-conditional
+    prior: one row per class). A private generator with a fixed seed draws
+    them, so the training RNG stream is untouched and each epoch's grid
+    starts from the same random numbers."""
+    n, n_classes = cfg['n_preview'], cfg['n_classes']
+    labels = None if n_classes is None else grid_labels(n_classes, n)
+    imgs = sample_with_cfg(vqvae, gen_model, cfg,
+                           n if labels is None else len(labels), device,
+                           seed, labels=labels)
+    save_grid(imgs, path, cfg['dataset_type'], n_rows=n_classes)
 
 
 if __name__ == '__main__':
