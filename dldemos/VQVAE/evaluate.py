@@ -161,12 +161,33 @@ def code_usage_png(counts, path, title):
     plt.close(fig)
 
 
+def spread_labels(cfg, n):
+    """Classes spread evenly over n samples (arange(n) % n_classes) for a
+    class-conditional prior, so the samples' class mix is the data's
+    (MNIST's is near uniform); None for an unconditional one."""
+    n_classes = cfg['n_classes']
+    return None if n_classes is None else torch.arange(n) % n_classes
+
+
 @torch.no_grad()
-def generate(vqvae, gen_model, cfg, n, device, seed, batch_size):
-    """n images [n, C, H, W] in [0, 1] sampled with cfg's sampler."""
+def generate(vqvae, gen_model, cfg, n, device, seed, batch_size,
+             labels=None):
+    """n images [n, C, H, W] in [0, 1] sampled with cfg's sampler (labels
+    [n]: their classes, for a class-conditional prior)."""
     imgs = sample_with_cfg(vqvae, gen_model, cfg, n, device, seed,
-                           batch_size)
+                           batch_size, labels)
     return imgs.clip(0, 1).cpu()
+
+
+def class_grid(imgs, n_classes, max_columns=9):
+    """The samples of spread_labels rearranged one class a row (row c:
+    class c), at most max_columns a row: (images, rows)."""
+    columns = min(max_columns, imgs.shape[0] // n_classes)
+    if columns == 0:  # fewer samples than classes: as drawn
+        return imgs, None
+    # sample k has class k % n_classes: column j of row c is j * C + c
+    order = torch.arange(columns * n_classes).view(columns, n_classes)
+    return imgs[order.t().reshape(-1)], n_classes  # [C * columns, ...]
 
 
 def feature_extractor(ctx, n_samples, classifier_epochs, classifier_subset):
@@ -217,7 +238,10 @@ def score_prior(ctx, vqvae, gen_model, eval_images, batch_size):
     img_shape = tuple(ctx.cfg['img_shape'])
     codes, _ = code_loader(ctx, vqvae, 'test', subset=eval_images,
                            shuffle=False, batch_size=batch_size)
-    p = prior_nll(gen_model, (b[0] for b in codes), ctx.device)
+    # a class-conditional prior: the NLL given each image's true class
+    with_labels = ctx.cfg['n_classes'] is not None
+    p = prior_nll(gen_model, (b if with_labels else b[0] for b in codes),
+                  ctx.device, with_labels=with_labels)
     latent_hw = vqvae.get_latent_HW(img_shape)
     K = ctx.cfg['n_embedding']
     return dict(
@@ -235,10 +259,15 @@ def score_samples(ctx, vqvae, gen_model, n_samples, sample_batch,
     two references: reconstructions (what the decoder allows) and real
     train images (the floor)."""
     cfg, device, seed = ctx.cfg, ctx.device, ctx.seed
+    labels = spread_labels(cfg, n_samples)  # [n] or None
     imgs = generate(vqvae, gen_model, cfg, n_samples, device, seed,
-                    sample_batch)  # [n, C, H, W]
+                    sample_batch, labels)  # [n, C, H, W]
     grid = ctx.out(f'eval_samples_{cfg["dataset_type"]}.jpg')
-    save_grid(imgs[:81], grid, cfg['dataset_type'])
+    if labels is None:
+        save_grid(imgs[:81], grid, cfg['dataset_type'])
+    else:
+        grid_imgs, rows = class_grid(imgs, cfg['n_classes'])
+        save_grid(grid_imgs, grid, cfg['dataset_type'], n_rows=rows)
     out = dict(sampler=cfg['sampler'], temperature=cfg['temperature'],
                top_k=cfg['top_k'], seed=seed, grid=grid)
     if extract is None:
@@ -267,6 +296,9 @@ def score_samples(ctx, vqvae, gen_model, n_samples, sample_batch,
         out.update(class_histogram=torch.bincount(
             probs.argmax(-1), minlength=10).tolist(),
             mean_confidence=float(probs.max(-1).values.mean()))
+        if labels is not None:  # did the prior draw the class asked for?
+            out['conditional_accuracy'] = float(
+                (probs.argmax(-1) == labels[:probs.shape[0]]).float().mean())
     return out
 
 
@@ -378,6 +410,10 @@ def format_table(r):
                      ('', 'mean confidence', f'{s["mean_confidence"]:.4f}'),
                      ('', 'class histogram',
                       ' '.join(map(str, s['class_histogram'])))]
+        if 'conditional_accuracy' in s:
+            rows.append(('', 'conditional accuracy',
+                         f'{s["conditional_accuracy"]:.4f} (classifier '
+                         'agrees with the class asked for)'))
     return align(rows)
 
 
