@@ -232,3 +232,16 @@ def test_evaluate_scores_a_conditional_prior(cond_run, tiny_data_root):
     assert m['prior']['nll_nats_per_latent'] == pytest.approx(nll(labels),
                                                               rel=1e-6)
     assert nll((labels + 1) % 10) != pytest.approx(nll(labels), rel=1e-6)
+
+
+def test_a_conditional_prior_without_n_classes_is_one_line(cond_run,
+                                                           tiny_data_root,
+                                                           capsys):
+    plain = [o for o in TINY_RUN if o not in COND]
+    with pytest.raises(SystemExit) as exit_info:
+        main_mod.main(['-c', '5', '--device', 'cpu', '--data-root',
+                       str(tiny_data_root), '--work-dir', str(cond_run),
+                       '--stages', '4', '--cfg-options', *plain])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'n_classes' in err[0], err

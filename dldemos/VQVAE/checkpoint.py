@@ -252,9 +252,13 @@ def check_state_dict(model, state, path, what='checkpoint'):
     if problems:
         shown = '; '.join(problems[:4])
         more = f' (+{len(problems) - 4} more)' if len(problems) > 4 else ''
+        # class biases alone differ: the likely cause is the n_classes key
+        hint = ' (class_bias: a prior is class-conditional only with ' \
+            'n_classes set)' if any('class_bias' in p for p in problems) \
+            else ''
         raise CheckpointError(f'{what} {path} does not match the config: '
-                              f'{shown}{more}; use the config it was trained '
-                              'with')
+                              f'{shown}{more}{hint}; use the config it was '
+                              'trained with')
 
 
 def load_model(model, path, what='checkpoint'):
