@@ -13,6 +13,7 @@ official split, so the last 10% of files by sorted name are held out as
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
@@ -41,8 +42,22 @@ DOWNLOAD_HINTS = {
 }
 
 
+def first_missing(path):
+    """The top folder of `path` that does not exist yet (None: it exists):
+    what os.makedirs(path) would create."""
+    path, top = os.path.abspath(path), None
+    while not os.path.exists(path):
+        top, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
 def load_mnist(root, train, download):
     """torchvision's MNIST, or a DataError saying how to get the files."""
+    raw = os.path.join(root, 'MNIST', 'raw')
+    created = first_missing(raw) if download else None
     try:
         return torchvision.datasets.MNIST(root=root, train=train,
                                           download=download)
@@ -50,7 +65,8 @@ def load_mnist(root, train, download):
     except (RuntimeError, OSError, ValueError, AssertionError) as e:
         reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
             else type(e).__name__
-        raw = os.path.join(root, 'MNIST', 'raw')
+        if created:  # a failed download leaves no empty folders of ours
+            shutil.rmtree(created, ignore_errors=True)
         if os.path.isfile(os.path.join(raw, 't10k-labels-idx1-ubyte')):
             raise DataError(f'MNIST files in {raw} could not be read '
                             f'({reason}): delete them to download them again'

@@ -72,6 +72,30 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
         sampler
 
 
+def splits_needed(cfg, stages):
+    """The data splits the given stages read: training reads 'train' (the
+    prior through its code cache), held-out scores and previews 'test'."""
+    splits = set()
+    if {1, 3} & set(stages):
+        splits.add('train')
+        if cfg['eval_subset']:
+            splits.add('test')
+    if 1 in stages and cfg['n_preview'] and cfg['preview_every']:
+        splits.add('test')
+    if 2 in stages:  # reconstructs held-out images
+        splits.add('test')
+    return sorted(splits, reverse=True)  # train first: it downloads MNIST
+
+
+def check_data(ctx, stages):
+    """Open (and for MNIST download) the data the stages read, so missing
+    data is said before the work dir gets config.json and command.txt."""
+    cfg = ctx.cfg
+    for split in splits_needed(cfg, stages):
+        get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
+                    ctx.data_root, split, cfg['use_lmdb'])
+
+
 def preview_images(ctx):
     """The first few held-out images, read without a DataLoader (which would
     draw from the global RNG and change the training run)."""

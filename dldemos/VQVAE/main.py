@@ -37,7 +37,7 @@ from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
                                    load_stage_input, prepare_work_dir,
                                    seed_everything)
 from dldemos.VQVAE.epoch_runner import Stage, run_epochs
-from dldemos.VQVAE.loaders import code_loader, image_loader
+from dldemos.VQVAE.loaders import check_data, code_loader, image_loader
 from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
@@ -176,6 +176,7 @@ def run(args, argv):
     # every check that can fail runs before the work dir is written to
     check_outputs(ctx)
     announce(ctx, args.c, stages)
+    check_data(ctx, stages)  # no data: nothing written yet
     prepare_work_dir(ctx, argv)
     # same seed, same run: on a CPU two runs give identical checkpoints
     seed_everything(ctx.seed)
