@@ -1,13 +1,14 @@
 """What a run leaves to watch it by: config.json, command.txt, JSONL logs,
 the loss-curve PNG and preview grids."""
 import json
+import re
 import shutil
 
 import pytest
 from PIL import Image
 
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.plots import by_epoch, plot_losses
+from dldemos.VQVAE.plots import by_epoch, loss_panels, plot_losses
 from dldemos.VQVAE.logs import append_jsonl, read_jsonl, start_jsonl
 
 TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
@@ -50,11 +51,27 @@ def test_loss_plot_and_previews_exist(tiny_run):
     with Image.open(tiny_run / 'loss_curves.png') as img:
         assert img.format == 'PNG' and img.width > 500
     previews = sorted(p.name for p in (tiny_run / 'previews').iterdir())
-    # preview_every=2 over 2 epochs: one grid of each kind, at epoch 2
-    assert previews == ['pixelcnn_sample_epoch002.jpg',
-                        'vqvae_reconstruct_epoch002.jpg']
+    # preview_every=2 over 2 epochs: one grid of each kind, after the
+    # second epoch (epoch 1: epochs count from 0, as in the epoch line)
+    assert previews == ['pixelcnn_sample_after_epoch001.jpg',
+                        'vqvae_reconstruct_after_epoch001.jpg']
     with Image.open(tiny_run / 'previews' / previews[1]) as img:
         assert img.width == 2 * img.height  # originals | reconstructions
+
+
+def test_epochs_count_from_0_in_bar_line_previews_and_plot(
+        tiny_data_root, tmp_path, capsys):
+    main_mod.main(['-c', '5', '--data-root', str(tiny_data_root),
+                   '--work-dir', str(tmp_path), '--stages', '1',
+                   '--cfg-options', *TINY, 'n_epochs=2', 'preview_every=1'])
+    out, err = capsys.readouterr()
+    assert 'VQ-VAE epoch 1 of 0-1' in err and 'epoch 2' not in err
+    assert re.findall(r'^epoch (\d+) loss: ', out, re.M) == ['0', '1']
+    assert sorted(p.name for p in (tmp_path / 'previews').iterdir()) == [
+        'vqvae_reconstruct_after_epoch000.jpg',
+        'vqvae_reconstruct_after_epoch001.jpg']
+    [(_, lines)] = loss_panels(tmp_path)
+    assert all(list(epochs) == [0, 1] for _, epochs, _ in lines)
 
 
 def test_plot_is_redrawn_each_epoch(tiny_run, tmp_path):

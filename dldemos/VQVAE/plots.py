@@ -54,21 +54,28 @@ def by_epoch(records):
     return [last[e] for e in sorted(last)]
 
 
-def plot_losses(work_dir, out=LOSS_PLOT):
-    """Draw every logged loss curve of work_dir into one PNG (written to a
-    temp file, then renamed). Returns its path, or None when nothing is
-    logged yet."""
+def loss_panels(work_dir):
+    """[(title, [(label, epochs, values)])] of every logged curve in
+    work_dir; epochs count from 0, as in the logs and the epoch line."""
     panels = []
     for log_name, title, curves in PANELS:
         records = by_epoch(read_jsonl(os.path.join(work_dir, log_name)))
         lines = []
         for key, label in curves:
-            points = [(r['epoch'] + 1, r[key]) for r in records
+            points = [(r['epoch'], r[key]) for r in records
                       if r.get(key) is not None]
             if points:
                 lines.append((label, *zip(*points)))
         if lines:
             panels.append((title, lines))
+    return panels
+
+
+def plot_losses(work_dir, out=LOSS_PLOT):
+    """Draw every logged loss curve of work_dir into one PNG (written to a
+    temp file, then renamed). Returns its path, or None when nothing is
+    logged yet."""
+    panels = loss_panels(work_dir)
     if not panels:
         return None
     # the Agg canvas directly: no pyplot, no global backend, no display
@@ -84,7 +91,7 @@ def plot_losses(work_dir, out=LOSS_PLOT):
         if all(v > 0 for _, _, values in lines for v in values):
             ax.set_yscale('log')
         ax.set_title(title)
-        ax.set_xlabel('epoch')
+        ax.set_xlabel('epoch (from 0, as in the logs)')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize='small')
@@ -107,9 +114,11 @@ def update_loss_plot(work_dir):
 
 
 def preview_path(work_dir, name, epoch):
+    """The preview drawn after epoch `epoch`, counted from 0 like the epoch
+    line and the logs: 'after' says the epoch's training is in it."""
     folder = os.path.join(work_dir, PREVIEW_DIR)
     os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f'{name}_epoch{epoch:03d}.jpg')
+    return os.path.join(folder, f'{name}_after_epoch{epoch:03d}.jpg')
 
 
 @torch.no_grad()
