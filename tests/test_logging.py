@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.plots import by_epoch, loss_panels, plot_losses
+from dldemos.VQVAE.plots import (by_epoch, draw_losses, loss_panels,
+                                 plot_losses)
 from dldemos.VQVAE.logs import append_jsonl, read_jsonl, start_jsonl
 
 TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
@@ -83,6 +84,32 @@ def test_plot_is_redrawn_each_epoch(tiny_run, tmp_path):
         (tiny_run / 'log_vqvae.jsonl').read_text())
     plot_losses(tmp_path)
     assert (tmp_path / 'loss_curves.png').read_bytes() != one_epoch
+
+
+def tick_labels(axis):
+    return [t.get_text() for t in axis.get_ticklabels(which='both')
+            if t.get_text()]
+
+
+@pytest.mark.parametrize('n_epochs', [1, 5])
+def test_loss_plot_labels_are_decimals_and_epochs_integers(tmp_path,
+                                                          n_epochs):
+    for e in range(n_epochs):  # the prior spans less than a decade
+        append_jsonl(tmp_path / 'log_pixelcnn.jsonl',
+                     {'epoch': e, 'loss': 1.6 - 0.1 * e})
+        append_jsonl(tmp_path / 'log_vqvae.jsonl',
+                     {'epoch': e, 'loss': 0.08 / (e + 1)})
+    fig = draw_losses(loss_panels(tmp_path))
+    fig.canvas.draw()  # tick labels are made at drawing
+    for ax in fig.axes:
+        labels = tick_labels(ax.yaxis)
+        assert labels and all(re.fullmatch(r'\d+(\.\d+)?', t)
+                              for t in labels), labels  # no 1.5x10^0
+        lo, hi = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if lo <= t <= hi] == \
+            list(range(n_epochs))
+        if n_epochs == 1:  # not 0.945 to 1.05
+            assert ax.get_xlim() == (-0.5, 0.5)
 
 
 def test_no_logs_no_plot(tmp_path):

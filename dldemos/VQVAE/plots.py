@@ -78,10 +78,19 @@ def plot_losses(work_dir, out=LOSS_PLOT):
     panels = loss_panels(work_dir)
     if not panels:
         return None
+    fig = draw_losses(panels)
+    path = os.path.join(work_dir, out)
+    tmp = os.path.join(work_dir, f'.{out}.tmp{os.getpid()}')
+    fig.savefig(tmp, format='png', dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def draw_losses(panels):
+    """A matplotlib Figure of loss_panels' curves, one panel per model."""
     # the Agg canvas directly: no pyplot, no global backend, no display
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
     fig = Figure(figsize=(5 * len(panels), 3.6))
     FigureCanvasAgg(fig)
     for i, (title, lines) in enumerate(panels):
@@ -89,18 +98,47 @@ def plot_losses(work_dir, out=LOSS_PLOT):
         for label, epochs, values in lines:
             ax.plot(epochs, values, marker='o', markersize=3, label=label)
         if all(v > 0 for _, _, values in lines for v in values):
-            ax.set_yscale('log')
+            log_axis_in_decimals(ax.yaxis)
         ax.set_title(title)
         ax.set_xlabel('epoch (from 0, as in the logs)')
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_epochs(ax, [e for _, epochs, _ in lines for e in epochs])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize='small')
     fig.tight_layout()
-    path = os.path.join(work_dir, out)
-    tmp = os.path.join(work_dir, f'.{out}.tmp{os.getpid()}')
-    fig.savefig(tmp, format='png', dpi=100)
-    os.replace(tmp, path)
-    return path
+    return fig
+
+
+def decimal(x):
+    """A tick value as a plain decimal of 3 significant digits: 0.006,
+    1.5, 20 (matplotlib's log axis would say 6x10^-3, 1.5x10^0)."""
+    return np.format_float_positional(x, precision=3, unique=True,
+                                      fractional=False, trim='-')
+
+
+def log_axis_in_decimals(axis):
+    """A log scale on `axis` with plain decimal labels. Which ticks get a
+    label stays matplotlib's choice (minor ones only where the axis spans
+    few decades), so labels never crowd."""
+    from matplotlib.ticker import LogFormatter
+
+    class DecimalLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            return decimal(x) if super().__call__(x, pos) else ''
+
+    axis.axes.set_yscale('log')
+    axis.set_major_formatter(DecimalLogFormatter())
+    axis.set_minor_formatter(DecimalLogFormatter(labelOnlyBase=False))
+
+
+def integer_epochs(ax, epochs):
+    """Epoch ticks at integers only. One epoch logged: one tick, on a range
+    of one epoch around it (matplotlib would spread 0.945 to 1.05)."""
+    from matplotlib.ticker import MaxNLocator
+    if len(set(epochs)) == 1:
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        ax.set_xticks([epochs[0]])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def update_loss_plot(work_dir):
