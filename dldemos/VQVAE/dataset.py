@@ -321,18 +321,29 @@ def to_lmdb(data_root=DATA_ROOT, lmdb_root=None):
         print(f'wrote {n} images to {out}')
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data-root', default=DATA_ROOT)
-    parser.add_argument('--work-dir', default='work_dirs')
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description='Download MNIST and write preview images (of CelebAHQ '
+        'too when its folder is there), or convert the CelebA(HQ) folders '
+        'to LMDB.')
+    parser.add_argument('--data-root', default=DATA_ROOT, metavar='DIR',
+                        help='folder holding mnist/ and celebA/ '
+                        '(default: %(default)s)')
+    parser.add_argument('--work-dir', default='work_dirs', metavar='DIR',
+                        help='where the preview images go '
+                        '(default: %(default)s)')
     parser.add_argument('--to-lmdb', action='store_true',
                         help='convert the CelebA(HQ) folders to LMDB '
                         '(use_lmdb=True reads them) and exit')
-    parser.add_argument('--lmdb-root', default=None,
+    parser.add_argument('--lmdb-root', default=None, metavar='DIR',
                         help='where --to-lmdb writes celebA/*.lmdb '
                         '(default: --data-root); train with this as '
                         '--data-root')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.to_lmdb:
         to_lmdb(args.data_root, args.lmdb_root)
         return

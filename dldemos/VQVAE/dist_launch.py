@@ -22,9 +22,11 @@ from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.work_lock import unlock_work_dir
 
 
-def build_parser(description):
+def build_parser(doc):
+    """main.py's flags; the description is the first paragraph of the
+    launcher's docstring `doc`, whole."""
     parser = argparse.ArgumentParser(
-        description=description,
+        description=' '.join(doc.split('\n\n')[0].split()),
         epilog='Run under torchrun, e.g. `torchrun --nproc_per_node=2 '
         f'{sys.argv[0]} -c 4`. Each process uses the GPU of its LOCAL_RANK '
         '(-d is ignored); --device cpu trains on CPUs with gloo.')
@@ -45,12 +47,12 @@ def fetch_data_once(ctx, stage):
     barrier()
 
 
-def launch(train, stage, description, argv=None):
+def launch(train, stage, doc, argv=None):
     """Parse main.py's flags, start the process group, call train(ctx) (the
     training of `stage`, 1 or 3) with the run context, and tear the group
     down however it ends."""
     argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
-    args = build_parser(description).parse_args(argv[1:])
+    args = build_parser(doc).parse_args(argv[1:])
     rank = int(os.environ.get('RANK', 0))
     if 'RANK' in os.environ and rank != 0:
         # bad flags or config keys fail alike on every rank: rank 0 says it

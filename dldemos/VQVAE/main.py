@@ -219,11 +219,15 @@ def run(args, argv):
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Train and sample a VQ-VAE with a PixelCNN prior (the '
-        "tutorial's four stages).")
+        "tutorial's four stages).",
+        epilog='Configs 0-4 are the tutorial\'s and want a GPU; on a CPU '
+        'start with -c 5 (all four stages in minutes). Then score the run '
+        'with evaluate.py and the same -c, --work-dir and --cfg-options.')
     add_common_args(parser)
-    parser.add_argument('--stages', default='1,2,3,4',
-                        help='comma-separated subset of 1,2,3,4 to run '
-                        '(default: %(default)s)')
+    parser.add_argument('--stages', default='1,2,3,4', metavar='LIST',
+                        help='comma-separated subset of 1,2,3,4 to run: '
+                        '1 train VQ-VAE, 2 reconstruct, 3 train prior, '
+                        '4 sample (default: %(default)s)')
     return parser
 
 

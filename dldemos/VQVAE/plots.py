@@ -180,8 +180,15 @@ def preview_samples(vqvae, gen_model, cfg, path, seed, device):
     save_grid(imgs, path, cfg['dataset_type'])
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=f'Redraw {LOSS_PLOT} of a work dir from its logs '
+        '(log_vqvae.jsonl, log_pixelcnn.jsonl).')
+    parser.add_argument('work_dir', nargs='?', default='work_dirs',
+                        help='the run\'s --work-dir (default: %(default)s)')
+    return parser
+
+
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Redraw the loss curves.')
-    parser.add_argument('work_dir', nargs='?', default='work_dirs')
-    path = plot_losses(parser.parse_args().work_dir)
+    path = plot_losses(build_parser().parse_args().work_dir)
     print('wrote', path) if path else print('no logs found')
