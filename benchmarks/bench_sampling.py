@@ -104,8 +104,8 @@ def main(argv=None):
         print(f'config {cid}: checked logits at all {H * W} positions (max '
               f'|diff| {err:.1e}) and the first {k} draws', flush=True)
 
-        def run_ours():
-            sample_codes(ours, n, H, W, device, 'cached')
+        def run_ours():  # no bar: the reference loop has none either
+            sample_codes(ours, n, H, W, device, 'cached', progress=False)
 
         def run_ref():
             sample_naive(ref, n, H, W, device, max_steps=steps)

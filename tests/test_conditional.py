@@ -187,7 +187,7 @@ def test_stage_4_grid_has_a_row_per_class(cond_run):
         assert img.size == (2 * 28, 10 * 28)
     # previews alike: n_preview=4 < 10 classes still gives one per class
     with Image.open(cond_run / 'previews' /
-                    'pixelcnn_sample_epoch001.jpg') as img:
+                    'pixelcnn_sample_after_epoch000.jpg') as img:
         assert img.size == (28, 10 * 28)
     with open(cond_run / 'config.json') as f:
         assert json.load(f)['n_classes'] == 10

@@ -68,6 +68,33 @@ def test_missing_dataset(capsys, tmp_path, monkeypatch, cfg, hint):
         assert 'train-images-idx3-ubyte' in msg
 
 
+@pytest.mark.parametrize('data_exists', [False, True])
+def test_missing_data_leaves_nothing_behind(capsys, tmp_path, monkeypatch,
+                                            data_exists):
+    def offline(self):  # as torchvision does: make the folder, then fail
+        os.makedirs(self.raw_folder, exist_ok=True)
+        raise RuntimeError('Error downloading train-images-idx3-ubyte.gz')
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, 'download', offline)
+    data, work_dir = tmp_path / 'data', tmp_path / 'wd'
+    if data_exists:
+        data.mkdir()
+    fails(capsys, '-c', 5, '--data-root', data, '--work-dir', work_dir,
+          '--cfg-options', *TINY)
+    assert not work_dir.exists()  # no config.json, command.txt or lock
+    # only the folders the download made are gone
+    assert (list(data.iterdir()) == []) if data_exists else not data.exists()
+
+
+def test_missing_test_split_is_said_before_the_work_dir(capsys, tmp_path):
+    # stage 2 reads only held-out images: no faces there, nothing written
+    folder = tmp_path / 'celebA' / 'celeba_hq_256'
+    folder.mkdir(parents=True)
+    fails(capsys, '-c', 3, '--data-root', tmp_path, '--work-dir',
+          tmp_path / 'wd', '--stages', 2, '--cfg-options', *FACES)
+    assert not (tmp_path / 'wd').exists()
+
+
 def test_corrupt_mnist_files(capsys, tmp_path):
     make_mnist_root(tmp_path)
     raw = tmp_path / 'mnist' / 'MNIST' / 'raw'

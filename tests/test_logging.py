@@ -1,13 +1,15 @@
 """What a run leaves to watch it by: config.json, command.txt, JSONL logs,
 the loss-curve PNG and preview grids."""
 import json
+import re
 import shutil
 
 import pytest
 from PIL import Image
 
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.plots import by_epoch, plot_losses
+from dldemos.VQVAE.plots import (by_epoch, draw_losses, loss_panels,
+                                 plot_losses)
 from dldemos.VQVAE.logs import append_jsonl, read_jsonl, start_jsonl
 
 TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
@@ -50,11 +52,27 @@ def test_loss_plot_and_previews_exist(tiny_run):
     with Image.open(tiny_run / 'loss_curves.png') as img:
         assert img.format == 'PNG' and img.width > 500
     previews = sorted(p.name for p in (tiny_run / 'previews').iterdir())
-    # preview_every=2 over 2 epochs: one grid of each kind, at epoch 2
-    assert previews == ['pixelcnn_sample_epoch002.jpg',
-                        'vqvae_reconstruct_epoch002.jpg']
+    # preview_every=2 over 2 epochs: one grid of each kind, after the
+    # second epoch (epoch 1: epochs count from 0, as in the epoch line)
+    assert previews == ['pixelcnn_sample_after_epoch001.jpg',
+                        'vqvae_reconstruct_after_epoch001.jpg']
     with Image.open(tiny_run / 'previews' / previews[1]) as img:
         assert img.width == 2 * img.height  # originals | reconstructions
+
+
+def test_epochs_count_from_0_in_bar_line_previews_and_plot(
+        tiny_data_root, tmp_path, capsys):
+    main_mod.main(['-c', '5', '--data-root', str(tiny_data_root),
+                   '--work-dir', str(tmp_path), '--stages', '1',
+                   '--cfg-options', *TINY, 'n_epochs=2', 'preview_every=1'])
+    out, err = capsys.readouterr()
+    assert 'VQ-VAE epoch 1 of 0-1' in err and 'epoch 2' not in err
+    assert re.findall(r'^epoch (\d+) loss: ', out, re.M) == ['0', '1']
+    assert sorted(p.name for p in (tmp_path / 'previews').iterdir()) == [
+        'vqvae_reconstruct_after_epoch000.jpg',
+        'vqvae_reconstruct_after_epoch001.jpg']
+    [(_, lines)] = loss_panels(tmp_path)
+    assert all(list(epochs) == [0, 1] for _, epochs, _ in lines)
 
 
 def test_plot_is_redrawn_each_epoch(tiny_run, tmp_path):
@@ -66,6 +84,32 @@ def test_plot_is_redrawn_each_epoch(tiny_run, tmp_path):
         (tiny_run / 'log_vqvae.jsonl').read_text())
     plot_losses(tmp_path)
     assert (tmp_path / 'loss_curves.png').read_bytes() != one_epoch
+
+
+def tick_labels(axis):
+    return [t.get_text() for t in axis.get_ticklabels(which='both')
+            if t.get_text()]
+
+
+@pytest.mark.parametrize('n_epochs', [1, 5])
+def test_loss_plot_labels_are_decimals_and_epochs_integers(tmp_path,
+                                                          n_epochs):
+    for e in range(n_epochs):  # the prior spans less than a decade
+        append_jsonl(tmp_path / 'log_pixelcnn.jsonl',
+                     {'epoch': e, 'loss': 1.6 - 0.1 * e})
+        append_jsonl(tmp_path / 'log_vqvae.jsonl',
+                     {'epoch': e, 'loss': 0.08 / (e + 1)})
+    fig = draw_losses(loss_panels(tmp_path))
+    fig.canvas.draw()  # tick labels are made at drawing
+    for ax in fig.axes:
+        labels = tick_labels(ax.yaxis)
+        assert labels and all(re.fullmatch(r'\d+(\.\d+)?', t)
+                              for t in labels), labels  # no 1.5x10^0
+        lo, hi = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if lo <= t <= hi] == \
+            list(range(n_epochs))
+        if n_epochs == 1:  # not 0.945 to 1.05
+            assert ax.get_xlim() == (-0.5, 0.5)
 
 
 def test_no_logs_no_plot(tmp_path):

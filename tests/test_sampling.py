@@ -66,6 +66,19 @@ def test_cached_restores_training_mode_and_rejects_train_mode():
         SAMPLERS['cached'](model, 2, 3, 3, 'cpu')
 
 
+@pytest.mark.parametrize('name', ['cached', 'naive'])
+def test_a_bar_counts_the_positions_on_rank_0_only(capsys, monkeypatch,
+                                                   name):
+    sample_codes(random_prior(), 2, 3, 4, 'cpu', name)
+    err = capsys.readouterr().err
+    assert 'sampling 2 images, 3x4 codes' in err and '/12 [' in err
+    sample_codes(random_prior(), 2, 3, 4, 'cpu', name, progress=False)
+    from dldemos.VQVAE import sampling
+    monkeypatch.setattr(sampling, 'is_main', lambda: False)
+    sample_codes(random_prior(), 2, 3, 4, 'cpu', name)
+    assert capsys.readouterr().err == ''
+
+
 def test_unknown_sampler():
     with pytest.raises(ValueError, match='cached'):
         sample_codes(random_prior(), 1, 2, 2, 'cpu', 'fast')

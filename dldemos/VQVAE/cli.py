@@ -14,25 +14,30 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 def add_common_args(parser, resume=True):
     parser.add_argument('-c', type=int, default=0, metavar='ID',
                         help='config id (default: 0): ' + describe_configs())
-    parser.add_argument('-d', type=int, default=0,
-                        help='CUDA device index (default: 0)')
+    parser.add_argument('-d', type=int, default=0, metavar='N',
+                        help='CUDA device index, used when --device is not '
+                        'given (default: 0)')
     parser.add_argument('--device', default=None,
-                        help="'cpu', 'cuda', 'cuda:1' ... (default: cuda:D "
+                        help="'cpu', 'cuda', 'cuda:1' ... (default: cuda:N "
                         'when CUDA is available, else cpu)')
-    parser.add_argument('--data-root', default='data',
+    parser.add_argument('--data-root', default='data', metavar='DIR',
                         help='folder holding mnist/ and celebA/ '
                         '(default: %(default)s)')
-    parser.add_argument('--work-dir', default='work_dirs',
+    parser.add_argument('--work-dir', default='work_dirs', metavar='DIR',
                         help='checkpoints, images and logs go here '
                         '(default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='random seed (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, metavar='N',
+                        help='random seed, 0 to 2^63-1 (default: '
+                        '%(default)s)')
     if resume:
         parser.add_argument('--resume', action='store_true',
-                            help='continue training from the resume points')
+                            help='continue training from the resume points '
+                            '(default: start afresh)')
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         metavar='KEY=VALUE',
-                        help='override config keys, e.g. n_epochs=5')
+                        help='override config keys (those of '
+                        'dldemos/VQVAE/configs.py), e.g. n_epochs=5 '
+                        'sampler=naive (default: none)')
     parser.add_argument('--debug', action='store_true',
                         help='show tracebacks instead of one-line errors')
     return parser

@@ -15,6 +15,7 @@ official split, so the last 10% of files by sorted name are held out as
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
@@ -43,8 +44,22 @@ DOWNLOAD_HINTS = {
 }
 
 
+def first_missing(path):
+    """The top folder of `path` that does not exist yet (None: it exists):
+    what os.makedirs(path) would create."""
+    path, top = os.path.abspath(path), None
+    while not os.path.exists(path):
+        top, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
 def load_mnist(root, train, download):
     """torchvision's MNIST, or a DataError saying how to get the files."""
+    raw = os.path.join(root, 'MNIST', 'raw')
+    created = first_missing(raw) if download else None
     try:
         return torchvision.datasets.MNIST(root=root, train=train,
                                           download=download)
@@ -52,7 +67,8 @@ def load_mnist(root, train, download):
     except (RuntimeError, OSError, ValueError, AssertionError) as e:
         reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
             else type(e).__name__
-        raw = os.path.join(root, 'MNIST', 'raw')
+        if created:  # a failed download leaves no empty folders of ours
+            shutil.rmtree(created, ignore_errors=True)
         if os.path.isfile(os.path.join(raw, 't10k-labels-idx1-ubyte')):
             raise DataError(f'MNIST files in {raw} could not be read '
                             f'({reason}): delete them to download them again'
@@ -319,18 +335,29 @@ def to_lmdb(data_root=DATA_ROOT, lmdb_root=None):
         print(f'wrote {n} images to {out}')
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data-root', default=DATA_ROOT)
-    parser.add_argument('--work-dir', default='work_dirs')
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description='Download MNIST and write preview images (of CelebAHQ '
+        'too when its folder is there), or convert the CelebA(HQ) folders '
+        'to LMDB.')
+    parser.add_argument('--data-root', default=DATA_ROOT, metavar='DIR',
+                        help='folder holding mnist/ and celebA/ '
+                        '(default: %(default)s)')
+    parser.add_argument('--work-dir', default='work_dirs', metavar='DIR',
+                        help='where the preview images go '
+                        '(default: %(default)s)')
     parser.add_argument('--to-lmdb', action='store_true',
                         help='convert the CelebA(HQ) folders to LMDB '
                         '(use_lmdb=True reads them) and exit')
-    parser.add_argument('--lmdb-root', default=None,
+    parser.add_argument('--lmdb-root', default=None, metavar='DIR',
                         help='where --to-lmdb writes celebA/*.lmdb '
                         '(default: --data-root); train with this as '
                         '--data-root')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.to_lmdb:
         to_lmdb(args.data_root, args.lmdb_root)
         return

@@ -17,47 +17,42 @@ from dldemos.VQVAE.cli import add_common_args, check_seed
 from dldemos.VQVAE.config_check import load_cfg
 from dldemos.VQVAE.context import (RunContext, check_outputs,
                                    prepare_work_dir, seed_everything)
-from dldemos.VQVAE.dataset import get_dataset
+from dldemos.VQVAE.loaders import check_data
 from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.work_lock import unlock_work_dir
 
 
-def build_parser(description):
+def build_parser(doc):
+    """main.py's flags; the description is the first paragraph of the
+    launcher's docstring `doc`, whole."""
     parser = argparse.ArgumentParser(
-        description=description,
+        description=' '.join(doc.split('\n\n')[0].split()),
         epilog='Run under torchrun, e.g. `torchrun --nproc_per_node=2 '
         f'{sys.argv[0]} -c 4`. Each process uses the GPU of its LOCAL_RANK '
         '(-d is ignored); --device cpu trains on CPUs with gloo.')
     return add_common_args(parser)
 
 
-def fetch_data_once(ctx):
-    """Rank 0 opens (and for MNIST downloads) the data while the others wait:
-    N processes downloading into one folder would race. A missing dataset or
-    LMDB is reported once, by rank 0, before any training starts. Then the
-    first process of every other node does the same for its own disk (on a
-    shared filesystem it finds the files there already)."""
-    cfg = ctx.cfg
-    splits = ['train', 'test'] if cfg['eval_subset'] else ['train']
-
-    def fetch():
-        for split in splits:
-            get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
-                        ctx.data_root, split, cfg['use_lmdb'])
-
+def fetch_data_once(ctx, stage):
+    """Rank 0 opens (and for MNIST downloads) the data `stage` reads while
+    the others wait: N processes downloading into one folder would race. A
+    missing dataset or LMDB is reported once, by rank 0, before the work dir
+    is written to. Then the first process of every other node does the same
+    for its own disk (on a shared filesystem it finds the files there)."""
     if is_main():
-        fetch()
+        check_data(ctx, [stage])
     barrier()
     if int(os.environ.get('LOCAL_RANK', 0)) == 0 and not is_main():
-        fetch()
+        check_data(ctx, [stage])
     barrier()
 
 
-def launch(train, description, argv=None):
-    """Parse main.py's flags, start the process group, call train(ctx) with
-    the run context, and tear the group down however it ends."""
+def launch(train, stage, doc, argv=None):
+    """Parse main.py's flags, start the process group, call train(ctx) (the
+    training of `stage`, 1 or 3) with the run context, and tear the group
+    down however it ends."""
     argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
-    args = build_parser(description).parse_args(argv[1:])
+    args = build_parser(doc).parse_args(argv[1:])
     rank = int(os.environ.get('RANK', 0))
     if 'RANK' in os.environ and rank != 0:
         # bad flags or config keys fail alike on every rank: rank 0 says it
@@ -76,9 +71,9 @@ def launch(train, description, argv=None):
                          args.seed, args.resume)
         check_outputs(ctx)
         log(f'device: {device} x {get_world_size()} processes')
+        fetch_data_once(ctx, stage)  # no data: nothing written yet
         prepare_work_dir(ctx, argv)
         seed_everything(args.seed)  # + rank: each rank its own stream
-        fetch_data_once(ctx)
         train(ctx)
 
     try:

@@ -29,7 +29,7 @@ def train(ctx):
 
 
 def main(argv=None):
-    launch(train, __doc__.splitlines()[0], argv)
+    launch(train, 3, __doc__, argv)
 
 
 if __name__ == '__main__':

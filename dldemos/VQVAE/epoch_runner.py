@@ -57,7 +57,7 @@ class Stage:
     terms: tuple              # names of the loss terms a step returns
     heldout: Optional[Callable[[], dict]] = None  # held-out scores
     describe: Optional[Callable[[dict], str]] = None  # ... for the epoch line
-    preview: Optional[Callable[[int], None]] = None  # grid after epoch n
+    preview: Optional[Callable[[int], None]] = None  # grid after epoch e
     bar_info: Optional[Callable[[object], dict]] = None  # extra bar fields
     provenance: dict = field(default_factory=dict)  # saved in resume points
 
@@ -207,10 +207,12 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
     # one process: a bool test per batch; DDP: an all-reduce every few
     check_every = STOP_CHECK_EVERY if is_dist() else 1
     tic, n_seen = time.perf_counter(), 0
+    # epochs count from 0, as the tutorial's epoch line does
+    last = ctx.cfg[stage.epochs_key] - 1
     bar = tqdm(remaining_batches(loader, sampler, skip),
-               desc=f'{stage.name} epoch {epoch + 1}/'
-               f'{ctx.cfg[stage.epochs_key]}', leave=False, initial=skip,
-               total=len(loader), disable=not is_main(), dynamic_ncols=True)
+               desc=f'{stage.name} epoch {epoch} of 0-{last}', leave=False,
+               initial=skip, total=len(loader), disable=not is_main(),
+               dynamic_ncols=True)
     for i, batch in enumerate(bar, start=skip):  # i counts from batch 0
         terms, n, out = step(batch)
         # padding repeats a few samples on some ranks: trained on (every
@@ -257,7 +259,7 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
         update_loss_plot(ctx.work_dir)
         every = ctx.cfg['preview_every'] if ctx.cfg['n_preview'] else 0
         if stage.preview is not None and every and (epoch + 1) % every == 0:
-            stage.preview(epoch + 1)
+            stage.preview(epoch)  # drawn after epoch `epoch` (from 0)
     barrier()
 
 

@@ -424,23 +424,25 @@ def align(rows):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        description='Evaluate saved checkpoints on held-out data.')
+        description='Score the saved checkpoints of a run (same -c, '
+        '--work-dir and --cfg-options as its main.py) on held-out data: '
+        'writes metrics.json into the work dir.')
     add_common_args(parser, resume=False)
-    parser.add_argument('--n-samples', type=int, default=1000,
-                        help='images to generate and score, 0 for none '
-                        '(default: %(default)s)')
-    parser.add_argument('--sample-batch', type=int, default=500,
-                        help='images sampled at once (default: %(default)s)')
-    parser.add_argument('--eval-images', type=int, default=None,
-                        help='cap on held-out images (default: all)')
-    parser.add_argument('--batch-size', type=int, default=None,
-                        help="scoring batch size (default: the config's)")
-    parser.add_argument('--classifier-epochs', type=int, default=2,
-                        help='epochs of the MNIST feature classifier '
-                        '(default: %(default)s)')
-    parser.add_argument('--classifier-subset', type=int, default=None,
-                        help='train the classifier on this many images '
-                        '(default: all)')
+    int_flags = [
+        ('--n-samples', 1000, 'images to generate and score, 0 for none '
+         '(default: %(default)s)'),
+        ('--sample-batch', 500, 'images sampled at once '
+         '(default: %(default)s)'),
+        ('--eval-images', None, 'cap on held-out images (default: all)'),
+        ('--batch-size', None, "scoring batch size (default: the config's)"),
+        ('--classifier-epochs', 2, 'epochs of the MNIST feature classifier '
+         '(default: %(default)s)'),
+        ('--classifier-subset', None, 'train the classifier on this many '
+         'images (default: all)'),
+    ]
+    for flag, default, text in int_flags:
+        parser.add_argument(flag, type=int, default=default, metavar='N',
+                            help=text)
     return parser
 
 

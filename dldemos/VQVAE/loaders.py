@@ -77,6 +77,57 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
         sampler
 
 
+def splits_needed(cfg, stages):
+    """The data splits the given stages read: training reads 'train' (the
+    prior through its code cache), held-out scores and previews 'test'."""
+    splits = set()
+    if {1, 3} & set(stages):
+        splits.add('train')
+        if cfg['eval_subset']:
+            splits.add('test')
+    if 1 in stages and cfg['n_preview'] and cfg['preview_every']:
+        splits.add('test')
+    if 2 in stages:  # reconstructs held-out images
+        splits.add('test')
+    return sorted(splits, reverse=True)  # train first: it downloads MNIST
+
+
+def check_data(ctx, stages):
+    """Open (and for MNIST download) the data the stages read, so missing
+    data is said before the work dir gets config.json and command.txt."""
+    cfg = ctx.cfg
+    for split in splits_needed(cfg, stages):
+        get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
+                    ctx.data_root, split, cfg['use_lmdb'])
+
+
+def prior_loader(ctx, vqvae):
+    """(loader, sampler, to_codes) of prior training: to_codes(batch) ->
+    (codes [N, h, w], labels [N] or None) on the device. The frozen VQ-VAE
+    gives the same codes every epoch, so by default they are encoded once
+    (code_loader); use_code_cache=False is the tutorial's loop, which
+    encodes every batch (fp32, like the cache)."""
+    cfg, device = ctx.cfg, ctx.device
+    conditional = cfg['n_classes'] is not None  # the labels come along
+    if cfg['use_code_cache']:
+        loader, sampler = code_loader(ctx, vqvae, 'train',
+                                      subset=cfg['train_subset'])
+    else:
+        loader, sampler = image_loader(ctx, cfg['batch_size_2'],
+                                       subset=cfg['train_subset'],
+                                       sharded=is_dist(),
+                                       with_labels=conditional)
+
+    def to_codes(batch):
+        y = batch[1].to(device, non_blocking=True).long() \
+            if conditional else None
+        if cfg['use_code_cache']:
+            return batch[0].to(device, non_blocking=True).long(), y
+        imgs = batch[0] if conditional else batch
+        return vqvae.encode(imgs.to(device, non_blocking=True)), y
+    return loader, sampler, to_codes
+
+
 def preview_images(ctx):
     """The first few held-out images, read without a DataLoader (which would
     draw from the global RNG and change the training run)."""

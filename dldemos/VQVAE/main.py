@@ -37,7 +37,7 @@ from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
                                    load_stage_input, prepare_work_dir,
                                    seed_everything)
 from dldemos.VQVAE.epoch_runner import Stage, run_epochs
-from dldemos.VQVAE.loaders import code_loader, image_loader
+from dldemos.VQVAE.loaders import check_data, code_loader, image_loader
 from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
@@ -110,18 +110,9 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     # the VQ-VAE is frozen here: it only turns images into codes
     vqvae.to(device)
     vqvae.eval()
-    # a class-conditional prior (n_classes set) reads each image's label too
-    conditional = cfg['n_classes'] is not None
-    # the frozen VQ-VAE gives the same codes every epoch: by default they are
-    # encoded once and cached; use_code_cache=False is the tutorial's loop
-    if cfg['use_code_cache']:
-        dataloader, sampler = code_loader(ctx, vqvae, 'train',
-                                          subset=cfg['train_subset'])
-    else:
-        dataloader, sampler = image_loader(ctx, cfg['batch_size_2'],
-                                           subset=cfg['train_subset'],
-                                           sharded=is_dist(),
-                                           with_labels=conditional)
+    # codes (and, for a class-conditional prior, labels): from the code
+    # cache by default, or encoded every batch as the tutorial does
+    dataloader, sampler, to_codes = prior_loader(ctx, vqvae)
     net = prepare_for_training(model, cfg, device)  # see train_vqvae
     net.train()
     # lr_2 is the tutorial's hard-coded 1e-3, now a config key
@@ -129,20 +120,9 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     # codes are categories: a K-way cross-entropy at every latent position
     loss_fn = nn.CrossEntropyLoss()
 
-    def codes_and_labels(batch):
-        """(codes [N, h, w], labels [N] or None) of a batch of either
-        loader: cached (codes[, labels]) or images (images[, labels])."""
-        y = batch[1].to(device, non_blocking=True).long() \
-            if conditional else None
-        if cfg['use_code_cache']:
-            return batch[0].to(device, non_blocking=True).long(), y
-        imgs = batch[0] if conditional else batch
-        # fp32, like the cache
-        return vqvae.encode(imgs.to(device, non_blocking=True)), y
-
     def step(batch):
         with torch.no_grad():  # codes are the input and the target
-            x, y = codes_and_labels(batch)
+            x, y = to_codes(batch)  # [N, h, w], [N] or None
         with autocast(cfg, device):
             # [N, K, h, w] logits of every position (given each class)
             predict_x = net(x) if y is None else net(x, y)
@@ -195,6 +175,7 @@ def run(args, argv):
     # every check that can fail runs before the work dir is written to
     check_outputs(ctx)
     announce(ctx, args.c, stages)
+    check_data(ctx, stages)  # no data: nothing written yet
     prepare_work_dir(ctx, argv)
     # same seed, same run: on a CPU two runs give identical checkpoints
     seed_everything(ctx.seed)
@@ -237,11 +218,15 @@ def run(args, argv):
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Train and sample a VQ-VAE with a PixelCNN prior (the '
-        "tutorial's four stages).")
+        "tutorial's four stages).",
+        epilog='Configs 0-4 are the tutorial\'s and want a GPU; on a CPU '
+        'start with -c 5 (all four stages in minutes). Then score the run '
+        'with evaluate.py and the same -c, --work-dir and --cfg-options.')
     add_common_args(parser)
-    parser.add_argument('--stages', default='1,2,3,4',
-                        help='comma-separated subset of 1,2,3,4 to run '
-                        '(default: %(default)s)')
+    parser.add_argument('--stages', default='1,2,3,4', metavar='LIST',
+                        help='comma-separated subset of 1,2,3,4 to run: '
+                        '1 train VQ-VAE, 2 reconstruct, 3 train prior, '
+                        '4 sample (default: %(default)s)')
     return parser
 
 

@@ -56,27 +56,43 @@ def by_epoch(records):
     return [last[e] for e in sorted(last)]
 
 
-def plot_losses(work_dir, out=LOSS_PLOT):
-    """Draw every logged loss curve of work_dir into one PNG (written to a
-    temp file, then renamed). Returns its path, or None when nothing is
-    logged yet."""
+def loss_panels(work_dir):
+    """[(title, [(label, epochs, values)])] of every logged curve in
+    work_dir; epochs count from 0, as in the logs and the epoch line."""
     panels = []
     for log_name, title, curves in PANELS:
         records = by_epoch(read_jsonl(os.path.join(work_dir, log_name)))
         lines = []
         for key, label in curves:
-            points = [(r['epoch'] + 1, r[key]) for r in records
+            points = [(r['epoch'], r[key]) for r in records
                       if r.get(key) is not None]
             if points:
                 lines.append((label, *zip(*points)))
         if lines:
             panels.append((title, lines))
+    return panels
+
+
+def plot_losses(work_dir, out=LOSS_PLOT):
+    """Draw every logged loss curve of work_dir into one PNG (written to a
+    temp file, then renamed). Returns its path, or None when nothing is
+    logged yet."""
+    panels = loss_panels(work_dir)
     if not panels:
         return None
+    fig = draw_losses(panels)
+    path = os.path.join(work_dir, out)
+    tmp = os.path.join(work_dir, f'.{out}.tmp{os.getpid()}')
+    fig.savefig(tmp, format='png', dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def draw_losses(panels):
+    """A matplotlib Figure of loss_panels' curves, one panel per model."""
     # the Agg canvas directly: no pyplot, no global backend, no display
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
     fig = Figure(figsize=(5 * len(panels), 3.6))
     FigureCanvasAgg(fig)
     for i, (title, lines) in enumerate(panels):
@@ -84,18 +100,47 @@ def plot_losses(work_dir, out=LOSS_PLOT):
         for label, epochs, values in lines:
             ax.plot(epochs, values, marker='o', markersize=3, label=label)
         if all(v > 0 for _, _, values in lines for v in values):
-            ax.set_yscale('log')
+            log_axis_in_decimals(ax.yaxis)
         ax.set_title(title)
-        ax.set_xlabel('epoch')
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel('epoch (from 0, as in the logs)')
+        integer_epochs(ax, [e for _, epochs, _ in lines for e in epochs])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize='small')
     fig.tight_layout()
-    path = os.path.join(work_dir, out)
-    tmp = os.path.join(work_dir, f'.{out}.tmp{os.getpid()}')
-    fig.savefig(tmp, format='png', dpi=100)
-    os.replace(tmp, path)
-    return path
+    return fig
+
+
+def decimal(x):
+    """A tick value as a plain decimal of 3 significant digits: 0.006,
+    1.5, 20 (matplotlib's log axis would say 6x10^-3, 1.5x10^0)."""
+    return np.format_float_positional(x, precision=3, unique=True,
+                                      fractional=False, trim='-')
+
+
+def log_axis_in_decimals(axis):
+    """A log scale on `axis` with plain decimal labels. Which ticks get a
+    label stays matplotlib's choice (minor ones only where the axis spans
+    few decades), so labels never crowd."""
+    from matplotlib.ticker import LogFormatter
+
+    class DecimalLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            return decimal(x) if super().__call__(x, pos) else ''
+
+    axis.axes.set_yscale('log')
+    axis.set_major_formatter(DecimalLogFormatter())
+    axis.set_minor_formatter(DecimalLogFormatter(labelOnlyBase=False))
+
+
+def integer_epochs(ax, epochs):
+    """Epoch ticks at integers only. One epoch logged: one tick, on a range
+    of one epoch around it (matplotlib would spread 0.945 to 1.05)."""
+    from matplotlib.ticker import MaxNLocator
+    if len(set(epochs)) == 1:
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        ax.set_xticks([epochs[0]])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def update_loss_plot(work_dir):
@@ -109,9 +154,11 @@ def update_loss_plot(work_dir):
 
 
 def preview_path(work_dir, name, epoch):
+    """The preview drawn after epoch `epoch`, counted from 0 like the epoch
+    line and the logs: 'after' says the epoch's training is in it."""
     folder = os.path.join(work_dir, PREVIEW_DIR)
     os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f'{name}_epoch{epoch:03d}.jpg')
+    return os.path.join(folder, f'{name}_after_epoch{epoch:03d}.jpg')
 
 
 @torch.no_grad()
@@ -139,8 +186,15 @@ def preview_samples(vqvae, gen_model, cfg, path, seed, device):
     save_grid(imgs, path, cfg['dataset_type'], n_rows=n_classes)
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=f'Redraw {LOSS_PLOT} of a work dir from its logs '
+        '(log_vqvae.jsonl, log_pixelcnn.jsonl).')
+    parser.add_argument('work_dir', nargs='?', default='work_dirs',
+                        help='the run\'s --work-dir (default: %(default)s)')
+    return parser
+
+
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Redraw the loss curves.')
-    parser.add_argument('work_dir', nargs='?', default='work_dirs')
-    path = plot_losses(parser.parse_args().work_dir)
+    path = plot_losses(build_parser().parse_args().work_dir)
     print('wrote', path) if path else print('no logs found')

@@ -8,7 +8,9 @@ One name per idea:
 """
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from dldemos.dist_utils import is_main
 from dldemos.pixelcnn import cached_sampler
 
 
@@ -56,20 +58,33 @@ SAMPLERS = {'cached': sample_incremental, 'naive': sample_naive}
 
 
 def sample_codes(gen_model, n, H, W, device, sampler='cached', y=None,
-                 **kwargs):
+                 on_step=None, progress=True, **kwargs):
     """Codes [n, H, W] from gen_model (in eval mode) with the named sampler;
-    y [n]: the class of each image, for a class-conditional prior."""
+    y [n]: the class of each image, for a class-conditional prior.
+    `progress`: a bar over the latent positions (rank 0 only): a large
+    prior takes minutes per grid, which must not look like a hang."""
     if sampler not in SAMPLERS:
         raise ValueError(f'unknown sampler {sampler!r}: use one of '
                          f'{", ".join(SAMPLERS)}')
     if y is not None:
         y = torch.as_tensor(y, dtype=torch.long, device=device)  # [n]
     gen_model.check_labels(y, n)
+    bar = tqdm(total=H * W, desc=f'sampling {n} images, {H}x{W} codes',
+               unit='pos', leave=False, dynamic_ncols=True,
+               disable=not (progress and is_main()))
+
+    def step(i, j, logits):
+        bar.update()
+        if on_step is not None:
+            on_step(i, j, logits)
+
     was_training = gen_model.training
     gen_model.eval()
     try:
-        return SAMPLERS[sampler](gen_model, n, H, W, device, y=y, **kwargs)
+        return SAMPLERS[sampler](gen_model, n, H, W, device, y=y,
+                                 on_step=step, **kwargs)
     finally:
+        bar.close()
         gen_model.train(was_training)
 
 
