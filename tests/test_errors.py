@@ -236,6 +236,8 @@ def one_line_error(capsys, *argv):
     ([], ['vqvae_path=same.pth', 'gen_model_path=same.pth'], 'same file'),
     ([], ['vqvae_path='], 'vqvae_path'),
     ([], ['gen_model_path= '], 'gen_model_path'),
+    ([], ['lr_schedule_2=linear'], 'lr_schedule_2'),
+    ([], ['warmup=1'], 'warmup=1.0'),
 ])
 def test_refused_before_the_work_dir_is_made(capsys, tmp_path,
                                              tiny_data_root, flags, options,

@@ -12,6 +12,7 @@ import sys
 
 from dldemos.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
+from dldemos.VQVAE.lr_schedule import SCHEDULES
 
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 SAMPLER_NAMES = ('cached', 'naive')
@@ -128,7 +129,9 @@ def check_ranges(cfg):
         raise UsageError(f'temperature={cfg["temperature"]!r}: use a finite '
                          'number > 0')
     for k, valid in (('sampler', SAMPLER_NAMES),
-                     ('dataset_type', DATASET_TYPES)):
+                     ('dataset_type', DATASET_TYPES),
+                     ('lr_schedule', SCHEDULES),
+                     ('lr_schedule_2', SCHEDULES)):
         if cfg[k] not in valid:
             raise UsageError(f'{k}={cfg[k]!r}: use one of '
                              f'{", ".join(valid)}')
@@ -136,6 +139,15 @@ def check_ranges(cfg):
         raise UsageError('use_lmdb=True reads the CelebA / CelebAHQ folders '
                          'converted to LMDB; MNIST is read from its own '
                          'files: set use_lmdb=False')
+
+
+def check_fractions(cfg):
+    """A warmup of 1 never reaches the lr: said up front."""
+    for k in ('warmup',):
+        v = cfg[k]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and 0 <= v < 1):
+            raise UsageError(f'{k}={v!r}: use a number in [0, 1)')
 
 
 def check_paths(cfg):
@@ -164,6 +176,7 @@ def load_cfg(config_id, options=(), seed=0):
     cfg = apply_overrides(cfg, options)
     cfg['seed'] = seed
     check_ranges(cfg)
+    check_fractions(cfg)
     check_img_shape(cfg)
     check_paths(cfg)
     # the last of repeated keys wins, as in most CLIs; said (once the config

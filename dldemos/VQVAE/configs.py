@@ -33,6 +33,11 @@ DEFAULTS = dict(
     pixelcnn_bn=True,      # BatchNorm in the prior's gated blocks (the
                            # tutorial's); per-rank batch statistics make a
                            # DDP step differ slightly from one big-batch step
+    lr_schedule='constant',    # VQ-VAE lr: 'constant' | 'cosine' (warmup,
+                               # cosine decay) | 'onecycle' (lr_schedule.py)
+    lr_schedule_2='constant',  # the same for the prior's lr_2
+    warmup=0.05,           # fraction of the steps the lr rises ('cosine',
+                           # 'onecycle')
 )
 
 mnist_cfg1 = dict(dataset_type='MNIST',

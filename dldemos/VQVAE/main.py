@@ -39,6 +39,7 @@ from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
 from dldemos.VQVAE.epoch_runner import Stage, run_epochs
 from dldemos.VQVAE.loaders import code_loader, image_loader
 from dldemos.VQVAE.logs import log
+from dldemos.VQVAE.lr_schedule import stage_lr
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
 from dldemos.VQVAE.plots import preview_reconstruction, save_grid
@@ -59,8 +60,8 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     # checkpoints hold `vqvae` itself
     model = prepare_for_training(vqvae, cfg, device)
     model.train()
-    # the tutorial's optimizer; lr comes from the config, never from a resume
-    # point, so a diverged run can go on with a lower one
+    # the tutorial's optimizer; lr comes from the config (and lr_schedule),
+    # never from a resume point, so a diverged run can go on with a lower one
     optimizer = torch.optim.Adam(vqvae.parameters(), cfg['lr'])
     mse_loss = nn.MSELoss()
 
@@ -90,6 +91,7 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     stage = Stage('VQ-VAE', vqvae, optimizer, ctx.ckpt('vqvae_path'),
                   'n_epochs', 'log_vqvae.jsonl',
                   ('loss', 'reconstruct', 'embedding', 'commitment'),
+                  lr_at=stage_lr(cfg, '', len(dataloader)),
                   **vqvae_hooks(ctx, vqvae))
     run_epochs(ctx, stage, dataloader, sampler, step)
 
@@ -148,6 +150,7 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     stage = Stage('PixelCNN', model, optimizer, ctx.ckpt('gen_model_path'),
                   'n_epochs_2', 'log_pixelcnn.jsonl', ('loss',),
                   provenance={'vqvae_sha256': vqvae_sha},
+                  lr_at=stage_lr(cfg, '_2', len(dataloader)),
                   **prior_hooks(ctx, vqvae, model))
     run_epochs(ctx, stage, dataloader, sampler, step)
 
