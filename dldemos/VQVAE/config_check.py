@@ -141,13 +141,20 @@ def check_ranges(cfg):
                          'files: set use_lmdb=False')
 
 
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def check_fractions(cfg):
-    """A warmup of 1 never reaches the lr: said up front."""
-    for k in ('warmup',):
-        v = cfg[k]
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                and 0 <= v < 1):
-            raise UsageError(f'{k}={v!r}: use a number in [0, 1)')
+    """A decay of 1 never moves the codebook, a warmup of 1 never reaches
+    the lr, a negative threshold hides a typo: said up front."""
+    for k in ('ema_decay', 'warmup'):
+        if not (_is_number(cfg[k]) and 0 <= cfg[k] < 1):
+            raise UsageError(f'{k}={cfg[k]!r}: use a number in [0, 1)')
+    v = cfg['restart_threshold']
+    if not (_is_number(v) and 0 <= v < math.inf):
+        raise UsageError(f'restart_threshold={v!r}: use a number >= 0 '
+                         '(encoder outputs per batch)')
 
 
 def check_paths(cfg):
