@@ -36,6 +36,14 @@ def all_reduce_sum(t):
     return t
 
 
+def broadcast(t, src=0):
+    """Make `t` (in place) rank `src`'s value on every rank; returns it.
+    For choices one rank makes (random picks) that all must share."""
+    if is_dist():
+        dist.broadcast(t, src)
+    return t
+
+
 def unwrap(model):
     """The plain module inside DDP / torch.compile wrappers."""
     model = getattr(model, '_orig_mod', model)

@@ -244,6 +244,24 @@ def test_resume_keeps_the_configured_lr(tmp_path):
     assert fresh_opt.param_groups[0]['lr'] == 1e-5
 
 
+def test_extra_state_round_trip_and_resume_points_without_it(tmp_path):
+    """Extra training state goes into the resume point, not the model
+    file; a resume point without it loads and leaves the module fresh."""
+    path = str(tmp_path / 'm.pth')
+    model, opt = make_trained(0)
+    extra = torch.nn.BatchNorm1d(3)  # any module with buffers
+    extra.running_mean.fill_(7.0)
+    save_training_state(path, model, opt, {}, epoch=1, extra=extra)
+    assert set(load_file(path)) == set(model.state_dict())
+    loaded = torch.nn.BatchNorm1d(3)
+    load_training_state(path, model, opt, extra=loaded)
+    assert torch.equal(loaded.running_mean, extra.running_mean)
+    save_training_state(path, model, opt, {}, epoch=1)  # no extra state
+    fresh = torch.nn.BatchNorm1d(3)
+    assert load_training_state(path, model, opt, extra=fresh)[0] == 1
+    assert torch.equal(fresh.running_mean, torch.zeros(3))
+
+
 def test_resume_without_resume_point_or_with_a_plain_file(tmp_path):
     path = str(tmp_path / 'm.pth')
     model, opt = make_trained(0)

@@ -264,6 +264,10 @@ def one_line_error(capsys, *argv):
     ([], ['vqvae_path=same.pth', 'gen_model_path=same.pth'], 'same file'),
     ([], ['vqvae_path='], 'vqvae_path'),
     ([], ['gen_model_path= '], 'gen_model_path'),
+    ([], ['lr_schedule_2=linear'], 'lr_schedule_2'),
+    ([], ['warmup=1'], 'warmup=1.0'),
+    ([], ['ema_decay=-0.1'], 'ema_decay'),
+    ([], ['restart_threshold=-1'], 'restart_threshold'),
 ])
 def test_refused_before_the_work_dir_is_made(capsys, tmp_path,
                                              tiny_data_root, flags, options,

@@ -24,6 +24,13 @@ TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
         'train_subset=48', 'eval_subset=16', 'pixelcnn_n_blocks=2',
         'pixelcnn_dim=8', 'pixelcnn_linear_dim=8', 'n_sample=4',
         'n_preview=4', 'num_workers=0']
+# the codebook options on (restarts happen: see restarts()); EMA, usage and
+# the step count live in the resume point's extra state
+CODEBOOK = ('codebook_ema=True', 'dead_code_restart=True', 'kmeans_init=True',
+            'ema_decay=0.5', 'restart_threshold=60')
+# lr schedules span n_epochs: only a run that keeps n_epochs resumes onto
+# the same lr (the mid-epoch test)
+SCHEDULES = ('lr_schedule=cosine', 'lr_schedule_2=onecycle', 'warmup=0.3')
 VQ = 'model_mnist_quick.pth'
 GEN = 'gen_model_mnist_quick.pth'
 
@@ -45,9 +52,16 @@ def assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def restarts(work_dir):
+    return int(load_file(work_dir / resume_path(VQ))['extra']
+               ['_extra_state'][1])
+
+
+@pytest.mark.parametrize('options', [(), CODEBOOK], ids=['tutorial',
+                                                          'codebook'])
 @pytest.mark.parametrize('stage', ['1', '3'])
 def test_two_epochs_equal_one_plus_resume_plus_one(tiny_data_root, tmp_path,
-                                                   stage):
+                                                   stage, options):
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     key = 'n_epochs' if stage == '1' else 'n_epochs_2'
     ckpt = VQ if stage == '1' else GEN
@@ -55,11 +69,14 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tiny_data_root, tmp_path,
         run_main(tiny_data_root, straight, '1', 'n_epochs=1')
         split.mkdir()
         shutil.copy(straight / VQ, split / VQ)
-    run_main(tiny_data_root, straight, stage, f'{key}=2')
-    run_main(tiny_data_root, split, stage, f'{key}=1')
+    run_main(tiny_data_root, straight, stage, f'{key}=2', *options)
+    run_main(tiny_data_root, split, stage, f'{key}=1', *options)
     after_one = weights(split / ckpt)
-    run_main(tiny_data_root, split, stage, f'{key}=2', resume=True)
+    run_main(tiny_data_root, split, stage, f'{key}=2', *options,
+             resume=True)
     assert_same(weights(straight / ckpt), weights(split / ckpt))
+    if options and stage == '1':  # the options did act
+        assert restarts(straight) == restarts(split) > 0
     # the second epoch did train: resuming did not just copy the file
     assert not all(torch.equal(v, weights(split / ckpt)[k])
                    for k, v in after_one.items())
@@ -77,9 +94,12 @@ class StopAt:
         return self.calls == self.n
 
 
+@pytest.mark.parametrize('options', [(), CODEBOOK + SCHEDULES],
+                         ids=['tutorial', 'codebook'])
 @pytest.mark.parametrize('stage', ['1', '3'])
 def test_resume_from_mid_epoch_equals_straight_run(tiny_data_root, tmp_path,
-                                                   monkeypatch, stage):
+                                                   monkeypatch, stage,
+                                                   options):
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     key = 'n_epochs' if stage == '1' else 'n_epochs_2'
     ckpt = VQ if stage == '1' else GEN
@@ -87,17 +107,20 @@ def test_resume_from_mid_epoch_equals_straight_run(tiny_data_root, tmp_path,
         run_main(tiny_data_root, straight, '1', 'n_epochs=1')
         split.mkdir()
         shutil.copy(straight / VQ, split / VQ)
-    run_main(tiny_data_root, straight, stage, f'{key}=2')
+    run_main(tiny_data_root, straight, stage, f'{key}=2', *options)
     # 3 batches an epoch: stop after batch 2 of epoch 0
     monkeypatch.setattr(epoch_runner, 'stop_requested', StopAt(2))
     with pytest.raises(SystemExit) as exit_info:
-        run_main(tiny_data_root, split, stage, f'{key}=2')
+        run_main(tiny_data_root, split, stage, f'{key}=2', *options)
     assert exit_info.value.code == 130
     state = load_file(split / resume_path(ckpt))
     assert (state['epoch'], state['step']) == (0, 2)
     monkeypatch.undo()
-    run_main(tiny_data_root, split, stage, f'{key}=2', resume=True)
+    run_main(tiny_data_root, split, stage, f'{key}=2', *options,
+             resume=True)
     assert_same(weights(straight / ckpt), weights(split / ckpt))
+    if options and stage == '1':
+        assert restarts(straight) == restarts(split) > 0
     log = 'log_vqvae.jsonl' if stage == '1' else 'log_pixelcnn.jsonl'
     # one record per epoch, and epoch 0's mean includes the batches done
     # before the stop

@@ -12,6 +12,7 @@ import sys
 
 from dldemos.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
+from dldemos.VQVAE.lr_schedule import SCHEDULES
 
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 SAMPLER_NAMES = ('cached', 'naive')
@@ -130,7 +131,9 @@ def check_ranges(cfg):
         raise UsageError(f'temperature={cfg["temperature"]!r}: use a finite '
                          'number > 0')
     for k, valid in (('sampler', SAMPLER_NAMES),
-                     ('dataset_type', DATASET_TYPES)):
+                     ('dataset_type', DATASET_TYPES),
+                     ('lr_schedule', SCHEDULES),
+                     ('lr_schedule_2', SCHEDULES)):
         if cfg[k] not in valid:
             raise UsageError(f'{k}={cfg[k]!r}: use one of '
                              f'{", ".join(valid)}')
@@ -154,6 +157,22 @@ def check_n_classes(cfg):
         raise UsageError(f'n_classes={n}: {dataset} has '
                          f'{N_CLASSES[dataset]} classes: set n_classes='
                          f'{N_CLASSES[dataset]} or None')
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_fractions(cfg):
+    """A decay of 1 never moves the codebook, a warmup of 1 never reaches
+    the lr, a negative threshold hides a typo: said up front."""
+    for k in ('ema_decay', 'warmup'):
+        if not (_is_number(cfg[k]) and 0 <= cfg[k] < 1):
+            raise UsageError(f'{k}={cfg[k]!r}: use a number in [0, 1)')
+    v = cfg['restart_threshold']
+    if not (_is_number(v) and 0 <= v < math.inf):
+        raise UsageError(f'restart_threshold={v!r}: use a number >= 0 '
+                         '(encoder outputs per batch)')
 
 
 def check_paths(cfg):
@@ -182,6 +201,7 @@ def load_cfg(config_id, options=(), seed=0):
     cfg = apply_overrides(cfg, options)
     cfg['seed'] = seed
     check_ranges(cfg)
+    check_fractions(cfg)
     check_img_shape(cfg)
     check_n_classes(cfg)
     check_paths(cfg)

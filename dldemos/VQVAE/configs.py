@@ -35,6 +35,20 @@ DEFAULTS = dict(
                            # DDP step differ slightly from one big-batch step
     n_classes=None,        # None: the tutorial's unconditional prior; 10:
                            # an MNIST prior conditioned on the digit
+    dead_code_restart=False,  # move codes unused for a while onto encoder
+                              # outputs of the batch (codebook.py)
+    restart_threshold=1.0,    # ... when their usage EMA (encoder outputs per
+                              # batch) falls below this
+    codebook_ema=False,    # EMA codebook updates (VQ-VAE paper, appendix
+                           # A.1) instead of the embedding loss
+    ema_decay=0.99,        # decay of the EMA updates and of the usage EMA
+    kmeans_init=False,     # k-means on the first batch's encoder outputs
+                           # initialises the codebook
+    lr_schedule='constant',    # VQ-VAE lr: 'constant' | 'cosine' (warmup,
+                               # cosine decay) | 'onecycle' (lr_schedule.py)
+    lr_schedule_2='constant',  # the same for the prior's lr_2
+    warmup=0.05,           # fraction of the steps the lr rises ('cosine',
+                           # 'onecycle')
 )
 
 mnist_cfg1 = dict(dataset_type='MNIST',

@@ -5,7 +5,9 @@ step (forward, loss, backward, optimizer step, as in the tutorial) and hand
 it to `run_epochs`, which owns everything else:
 
 - resuming: the epoch and batch to start at, restored weights, optimizer and
-  RNG, the running sums of an epoch stopped half-way;
+  RNG (and the stage's extra training state), the running sums of an epoch
+  stopped half-way;
+- the learning rate of each step, from the stage's schedule;
 - the epoch's loss terms, summed over samples and over the ranks, so the
   printed mean is over every sample once (DistributedSampler's padding
   repeats a few samples on some ranks: trained on, not counted);
@@ -60,6 +62,12 @@ class Stage:
     preview: Optional[Callable[[int], None]] = None  # grid after epoch e
     bar_info: Optional[Callable[[object], dict]] = None  # extra bar fields
     provenance: dict = field(default_factory=dict)  # saved in resume points
+    # lr of a global step (epoch * batches per epoch + batch), set before
+    # every step: a pure function, so resumed runs get the same lr
+    lr_at: Optional[Callable[[int], float]] = None
+    # training state beside the model (codebook statistics): saved in and
+    # restored from the resume points, never in the model file
+    extra: Optional[torch.nn.Module] = None
 
 
 class StopFlag:
@@ -160,7 +168,8 @@ def resume_or_start(ctx, stage):
         return 0, 0, []
     try:
         epoch, step, sums = load_training_state(
-            path, stage.model, stage.optimizer, ctx.cfg, stage.provenance)
+            path, stage.model, stage.optimizer, ctx.cfg, stage.provenance,
+            stage.extra)
     except StaleResumePoint as e:
         log(f'{e} since: training the {stage.name} from scratch')
         return 0, 0, []
@@ -180,7 +189,7 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
     if is_main():  # one writer; the model is the unwrapped one
         save_training_state(stage.path, stage.model, stage.optimizer,
                             ctx.cfg, epoch, step, sums, rng,
-                            stage.provenance)
+                            stage.provenance, stage.extra)
     barrier()  # no rank exits while rank 0 is still writing
     raise Interrupted(f'stopped in {stage.name} epoch {epoch}; resume point '
                       f'saved in {stage.path}: rerun with --resume to go on')
@@ -188,6 +197,11 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
 
 def fmt(v):
     return f'{v:.4f}' if abs(v) >= 1e-3 else f'{v:.2e}'
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group['lr'] = lr
 
 
 def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
@@ -214,6 +228,8 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
                initial=skip, total=len(loader), disable=not is_main(),
                dynamic_ncols=True)
     for i, batch in enumerate(bar, start=skip):  # i counts from batch 0
+        if stage.lr_at is not None:
+            set_lr(stage.optimizer, stage.lr_at(epoch * len(loader) + i))
         terms, n, out = step(batch)
         # padding repeats a few samples on some ranks: trained on (every
         # rank must step), left out of the mean
@@ -250,7 +266,8 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
         if (epoch + 1) % ctx.cfg['save_every'] == 0 or epoch + 1 == n_epochs:
             save_training_state(stage.path, stage.model, stage.optimizer,
                                 ctx.cfg, epoch + 1,
-                                provenance=stage.provenance)
+                                provenance=stage.provenance,
+                                extra=stage.extra)
         append_jsonl(ctx.out(stage.log_name), record)
         # the tutorial's line, then the held-out numbers beside it
         extra = stage.describe(record) if stage.describe else ''

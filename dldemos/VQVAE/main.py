@@ -29,6 +29,7 @@ from dldemos.dist_utils import get_world_size, is_dist
 from dldemos.errors import report_errors
 from dldemos.VQVAE.build import autocast, build_models, prepare_for_training
 from dldemos.VQVAE.checkpoint import file_sha256
+from dldemos.VQVAE.codebook import CodebookTrainer
 from dldemos.VQVAE.cli import (add_common_args, check_seed, parse_stages,
                                pick_device)
 from dldemos.VQVAE.config_check import load_cfg
@@ -37,8 +38,9 @@ from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
                                    load_stage_input, prepare_work_dir,
                                    seed_everything)
 from dldemos.VQVAE.epoch_runner import Stage, run_epochs
-from dldemos.VQVAE.loaders import check_data, code_loader, image_loader
+from dldemos.VQVAE.loaders import check_data, image_loader, prior_loader
 from dldemos.VQVAE.logs import log
+from dldemos.VQVAE.lr_schedule import stage_lr
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
 from dldemos.VQVAE.plots import preview_reconstruction, save_grid
@@ -59,13 +61,16 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     # checkpoints hold `vqvae` itself
     model = prepare_for_training(vqvae, cfg, device)
     model.train()
-    # the tutorial's optimizer; lr comes from the config, never from a resume
-    # point, so a diverged run can go on with a lower one
-    optimizer = torch.optim.Adam(vqvae.parameters(), cfg['lr'])
+    # codebook options (restarts, EMA updates, k-means init; off: tutorial)
+    codebook = CodebookTrainer(cfg).to(device)
+    # the tutorial's optimizer; lr comes from the config (and lr_schedule),
+    # never from a resume point, so a diverged run can go on with a lower one
+    optimizer = torch.optim.Adam(codebook.optimized(vqvae), cfg['lr'])
     mse_loss = nn.MSELoss()
 
     def step(x):
         x = x.to(device, non_blocking=True)
+        codebook.before_step(vqvae, x)  # k-means init at the first step
         with autocast(cfg, device):
             x_hat, ze, zq = model(x)
         # the paper's three terms, in fp32 even under bf16 autocast:
@@ -75,12 +80,13 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
         l_embedding = mse_loss(ze.detach().float(), zq.float())
         l_commitment = mse_loss(ze.float(), zq.detach().float())
         loss = l_reconstruct + \
-            cfg['l_w_embedding'] * l_embedding + \
+            codebook.l_w_embedding * l_embedding + \
             cfg['l_w_commitment'] * l_commitment
         # set_to_none: no memset of the gradients, same update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        codebook.after_step(vqvae, ze.detach())  # EMA update, restarts
         # ze goes to the progress bar, which counts the codes in use
         return (loss, l_reconstruct, l_embedding, l_commitment), \
             x.shape[0], ze.detach()
@@ -90,6 +96,7 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     stage = Stage('VQ-VAE', vqvae, optimizer, ctx.ckpt('vqvae_path'),
                   'n_epochs', 'log_vqvae.jsonl',
                   ('loss', 'reconstruct', 'embedding', 'commitment'),
+                  lr_at=stage_lr(cfg, '', len(dataloader)), extra=codebook,
                   **vqvae_hooks(ctx, vqvae))
     run_epochs(ctx, stage, dataloader, sampler, step)
 
@@ -140,6 +147,7 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     stage = Stage('PixelCNN', model, optimizer, ctx.ckpt('gen_model_path'),
                   'n_epochs_2', 'log_pixelcnn.jsonl', ('loss',),
                   provenance={'vqvae_sha256': vqvae_sha},
+                  lr_at=stage_lr(cfg, '_2', len(dataloader)),
                   **prior_hooks(ctx, vqvae, model))
     run_epochs(ctx, stage, dataloader, sampler, step)
 
