@@ -26,6 +26,14 @@ def add_common_args(parser, resume=True):
     parser.add_argument('--work-dir', default='work_dirs', metavar='DIR',
                         help='checkpoints, images and logs go here '
                         '(default: %(default)s)')
+    parser.add_argument('--threads', type=int, default=None, metavar='N',
+                        help="CPU threads for torch's kernels (default: "
+                        "torch's, one per core or OMP_NUM_THREADS). Idle "
+                        'threads sleep instead of spinning (OMP_WAIT_POLICY='
+                        'PASSIVE unless set), so other processes on the '
+                        'cores cost no more than their share; for the small '
+                        'configs on a 2-core machine --threads 1 is often '
+                        'faster (benchmarks/bench_threads.py)')
     parser.add_argument('--seed', type=int, default=0, metavar='N',
                         help='random seed, 0 to 2^63-1 (default: '
                         '%(default)s)')

@@ -13,6 +13,7 @@ import sys
 from dldemos.dist_utils import (barrier, cleanup_distributed, get_world_size,
                                 is_main, setup_distributed)
 from dldemos.errors import UsageError, report_errors
+from dldemos.threads import configure_threads
 from dldemos.VQVAE.cli import add_common_args, check_seed
 from dldemos.VQVAE.config_check import load_cfg
 from dldemos.VQVAE.context import (RunContext, check_outputs,
@@ -62,6 +63,7 @@ def launch(train, stage, doc, argv=None):
             sys.exit(2)
 
     def start_and_train():
+        configure_threads(args.threads)
         if 'RANK' not in os.environ:
             raise UsageError('not launched by torchrun: run '
                              f'`torchrun --nproc_per_node=N {argv[0]} ...`')

@@ -20,12 +20,15 @@ import time
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
+    from dldemos.threads import passive_wait
+    passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dldemos.errors import CheckpointError, UsageError, report_errors
+from dldemos.threads import configure_threads
 from dldemos.VQVAE import mnist_classifier
 from dldemos.VQVAE.build import build_models
 from dldemos.VQVAE.checkpoint import (file_sha256, load_file, load_model,
@@ -458,6 +461,7 @@ def check_args(args):
 
 
 def run(args):
+    configure_threads(args.threads)
     check_args(args)
     cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
     ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,

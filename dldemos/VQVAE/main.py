@@ -21,12 +21,15 @@ import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
+    from dldemos.threads import passive_wait
+    passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 import torch
 import torch.nn as nn
 
 from dldemos.dist_utils import get_world_size, is_dist
 from dldemos.errors import report_errors
+from dldemos.threads import configure_threads
 from dldemos.VQVAE.build import autocast, build_models, prepare_for_training
 from dldemos.VQVAE.checkpoint import file_sha256
 from dldemos.VQVAE.codebook import CodebookTrainer
@@ -176,6 +179,7 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
 
 # ------------------------------------------------------ the run
 def run(args, argv):
+    configure_threads(args.threads)
     stages = parse_stages(args.stages)
     cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
     ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,

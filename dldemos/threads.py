@@ -1,0 +1,39 @@
+"""CPU threads that stay usable when other processes share the cores.
+
+torch's CPU kernels run on an OpenMP thread pool (libgomp in the Linux pip
+wheels). By default an OpenMP thread that runs out of work spins for a while
+before it sleeps. On an idle machine that is the fastest setting, but when
+other processes hold cores the spinning threads take them from the threads
+doing the work: on a 2-core machine with 1-2 busy processes, the quick
+config's (-c 5) prior step took 3-5 s with 2 threads against 0.3-0.6 s with 1
+(benchmarks/bench_threads.py). With OMP_WAIT_POLICY=PASSIVE idle threads
+sleep at once: 2 threads then take 0.6-1.6x the time of 1 thread under the
+loads measured instead of 4-12x, at the price of waking them up (about 2x
+slower than spinning threads when the cores are free, for these small
+models). `--threads 1` avoids both costs where models are small and cores few.
+
+A leaf module that does not import torch at load time: entry points call
+passive_wait() before their first `import torch`.
+"""
+import os
+
+
+def passive_wait():
+    """OMP_WAIT_POLICY=PASSIVE unless the environment already sets a policy.
+
+    Only works before torch is imported: the OpenMP runtime reads it once,
+    when it loads. Child processes (DataLoader workers, torchrun ranks)
+    inherit it through the environment."""
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+
+def configure_threads(n=None):
+    """torch.set_num_threads(n) when n is given (None keeps torch's default:
+    one thread per core, or OMP_NUM_THREADS). Returns the thread count."""
+    import torch
+    if n is not None:
+        if n < 1:
+            from dldemos.errors import UsageError
+            raise UsageError(f'--threads {n}: use an integer >= 1')
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
