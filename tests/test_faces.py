@@ -67,9 +67,10 @@ def test_config_8_all_stages_on_real_faces(face_run):
                  'vqvae_reconstruct_CelebA.jpg', 'vqvae_sample_CelebA.jpg',
                  'log_vqvae.jsonl', 'log_pixelcnn.jsonl', 'loss_curves.png'):
         assert (face_run / name).stat().st_size > 0, name
-    # 16 held-out pairs (original | reconstruction): 4 x 4 grid of 64 x 128
+    # the 6 held-out faces, each pair (original | reconstruction) 128 x 64,
+    # in a grid of 2 rows of 3
     with Image.open(face_run / 'vqvae_reconstruct_CelebA.jpg') as img:
-        assert img.size == (4 * 128, 4 * 64) and img.mode == 'RGB'
+        assert img.size == (3 * 128, 2 * 64) and img.mode == 'RGB'
     with Image.open(face_run / 'vqvae_sample_CelebA.jpg') as img:
         assert img.size == (2 * 64, 2 * 64) and img.mode == 'RGB'
     # the prior trained on the codes of the 54 training faces only

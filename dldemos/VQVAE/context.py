@@ -18,7 +18,7 @@ from dldemos.errors import UsageError
 from dldemos.VQVAE.checkpoint import (file_sha256, load_model, plain,
                                       read_provenance, resume_path,
                                       write_text_atomic)
-from dldemos.VQVAE.configs import CONFIG_NAMES
+from dldemos.VQVAE.configs import CONFIG_NAMES, GPU_CONFIGS
 from dldemos.VQVAE.logs import log
 from dldemos.VQVAE.work_lock import lock_work_dir
 
@@ -117,10 +117,11 @@ def announce(ctx, config_id, stages):
         f'prior {cfg["n_epochs_2"]} epochs')
     log(f'device: {ctx.device} | data root: {ctx.data_root} | work dir: '
         f'{ctx.work_dir} | seed: {ctx.seed}')
-    if ctx.device.type == 'cpu' and config_id < 5:
-        log('note: the tutorial sized this config for a GPU: on a 2-core CPU '
+    if ctx.device.type == 'cpu' and config_id in GPU_CONFIGS:
+        log('note: this config is sized for a GPU: on a 2-core CPU '
             'config 0 takes about 7 hours, configs 1-4 days. '
-            '`-c 5` runs all four stages on a CPU')
+            '`-c 5` or `-c 7` (MNIST) and `-c 8` (faces) run all four '
+            'stages on a CPU')
 
 
 def seed_everything(seed):
