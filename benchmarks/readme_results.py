@@ -56,13 +56,16 @@ RUNS = {
     'c0short': Run('config 0, prior cut to 3 of its 50 epochs', 0,
                    ['n_epochs_2=3']),
     'c0': Run('config 0', 0),  # the tutorial's full run: a GPU's
+    'plus_quick': Run('config 7 (conditional prior, CPU)', 7),
+    'plus': Run('config 6 (conditional prior)', 6),  # a GPU's
+    'faces': Run('config 8 (CelebA faces 64x64)', 8),
 }
 
 COLUMNS = ['run', 'epochs (VQ-VAE / prior)', 'train time', 'test MSE',
            'PSNR (dB)', 'SSIM', 'codes used (perplexity)',
            'prior NLL nats/latent (uniform {uniform})', 'bits/dim',
            'sample distance', 'ref: reconstructions', 'ref: train vs test',
-           'sample class confidence']
+           'sample class confidence', 'conditional accuracy']
 
 
 # ------------------------------------------------------------ formatting
@@ -138,6 +141,7 @@ def row(label, m, train_s):
         cell(dig(s, 'reference', 'train_vs_test', 'fid'),
              lambda x: f'{x:.1f}'),
         cell(dig(s, 'mean_confidence'), lambda x: f'{x:.3f}'),
+        cell(dig(s, 'conditional_accuracy'), lambda x: f'{x:.3f}'),
     ]
     return '| ' + ' | '.join(cells) + ' |'
 

@@ -67,6 +67,8 @@ def check_row(row, metrics, work_dir):
         round(ref['train_vs_test']['fid'], 1)
     assert float(c['sample class confidence']) == \
         round(s['mean_confidence'], 3)
+    # an unconditional prior has no conditional accuracy
+    assert c['conditional accuracy'] == '-'
 
 
 @pytest.mark.slow
@@ -83,7 +85,7 @@ def test_a_tiny_run_prints_its_metrics_as_a_readme_row(tiny_data_root,
     head, rule, row = table_lines(out, 'config 5 (quick)')
     check_row(row, metrics, work_dir)
     assert '(uniform 2.773)' in head  # log 16
-    assert len(cells(head)) == len(cells(rule)) == len(cells(row)) == 13
+    assert len(cells(head)) == len(cells(rule)) == len(cells(row)) == 14
     record = json.loads((work_dir / readme_results.RECORD).read_text())
     assert record['main_s'] > 0 and record['evaluate_s'] > 0
     assert len(record['loadavg_before']) == len(record['loadavg_after']) == 3
