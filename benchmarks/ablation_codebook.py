@@ -46,8 +46,10 @@ METRICS = (('mse', 'test MSE', '{:.5f}'), ('psnr', 'PSNR (dB)', '{:.2f}'),
 
 def commands(variant, seed, work_dir, args):
     common = ['-c', '0', '--data-root', args.data_root, '--work-dir',
-              work_dir, '--seed', str(seed), '--cfg-options',
-              *VARIANTS[variant][1], *args.cfg_options]
+              work_dir, '--seed', str(seed)]
+    options = VARIANTS[variant][1] + args.cfg_options
+    if options:  # the tutorial's training with no extra keys has none
+        common += ['--cfg-options', *options]
     return [['python', os.path.join(REPO, MAIN), '--stages', '1', *common],
             ['python', os.path.join(REPO, EVALUATE), '--n-samples', '0',
              *common]]

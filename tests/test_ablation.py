@@ -14,6 +14,15 @@ TINY = ['dim=8', 'n_embedding=16', 'n_epochs=1', 'batch_size=16',
         'eval_subset=8', 'n_preview=0', 'train_subset=64', 'num_workers=0']
 
 
+def test_a_variant_without_options_passes_no_empty_flag():
+    class Args:
+        data_root, cfg_options = 'data', []
+    train, score = ablation_codebook.commands('tutorial', 0, 'w', Args)
+    assert '--cfg-options' not in train and '--cfg-options' not in score
+    train, _ = ablation_codebook.commands('ema', 0, 'w', Args)
+    assert train[train.index('--cfg-options') + 1] == 'codebook_ema=True'
+
+
 def test_variants_are_valid_options():
     from dldemos.VQVAE.config_check import load_cfg
     for _, options in ablation_codebook.VARIANTS.values():
