@@ -100,10 +100,17 @@ def load_stage_input(model, ctx, key, stage):
     return load_model(model, path, f'{what} checkpoint')
 
 
+def prior_is_stale(ctx):
+    """Whether the prior's resume point says it was trained on the codes of
+    another VQ-VAE than the one at vqvae_path (False when it says nothing,
+    e.g. a checkpoint of the tutorial's code)."""
+    saved = read_provenance(ctx.ckpt('gen_model_path')).get('vqvae_sha256')
+    return bool(saved) and saved != file_sha256(ctx.ckpt('vqvae_path'))
+
+
 def check_prior_matches_vqvae(ctx):
     """A prior sampled through another VQ-VAE's decoder gives noise."""
-    saved = read_provenance(ctx.ckpt('gen_model_path')).get('vqvae_sha256')
-    if saved and saved != file_sha256(ctx.ckpt('vqvae_path')):
+    if prior_is_stale(ctx):
         raise UsageError(f'the PixelCNN {ctx.ckpt("gen_model_path")} was '
                          'trained on the codes of another VQ-VAE than '
                          f'{ctx.ckpt("vqvae_path")} (retrained since): train '

@@ -32,10 +32,11 @@ from dldemos.threads import configure_threads
 from dldemos.VQVAE import mnist_classifier
 from dldemos.VQVAE.build import build_models
 from dldemos.VQVAE.checkpoint import (file_sha256, load_file, load_model,
-                                      plain, read_provenance, resume_path)
+                                      plain, resume_path)
 from dldemos.VQVAE.cli import add_common_args, check_seed, pick_device
 from dldemos.VQVAE.config_check import load_cfg
-from dldemos.VQVAE.context import RunContext, seed_everything
+from dldemos.VQVAE.context import (RunContext, prior_is_stale,
+                                   seed_everything)
 from dldemos.VQVAE.hardware import describe as hardware
 from dldemos.VQVAE.loaders import code_loader, image_loader
 from dldemos.VQVAE.logs import log
@@ -317,11 +318,10 @@ def load_checkpoints(ctx, vqvae, gen_model):
     load_model(vqvae, paths['vqvae'], 'VQ-VAE checkpoint')
     vqvae.to(ctx.device).eval()
     why = None
-    saved = read_provenance(paths['gen_model']).get('vqvae_sha256')
     if not os.path.isfile(paths['gen_model']):
         why = (f'no PixelCNN checkpoint {paths["gen_model"]}: train it with '
                'main.py --stages 3')
-    elif saved and saved != file_sha256(paths['vqvae']):
+    elif prior_is_stale(ctx):
         why = (f'the PixelCNN {paths["gen_model"]} was trained on the codes '
                'of another VQ-VAE: train it again with main.py --stages 3')
     if why:
