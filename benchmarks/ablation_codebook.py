@@ -35,6 +35,8 @@ VARIANTS = {
     'kmeans': ('k-means init', ['kmeans_init=True']),
     'onecycle': ('one-cycle lr, peak 2e-3',
                  ['lr=2e-3', 'lr_schedule=onecycle']),
+    'onecycle_ema': ('EMA + one-cycle 2e-3',
+                     ['codebook_ema=True', 'lr=2e-3', 'lr_schedule=onecycle']),
     'all': ('restarts + EMA + k-means + one-cycle 2e-3',
             ['dead_code_restart=True', 'codebook_ema=True',
              'kmeans_init=True', 'lr=2e-3', 'lr_schedule=onecycle']),
