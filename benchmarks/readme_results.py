@@ -16,12 +16,15 @@ finished runs without training.
 
 Train time is the two training stages' time as their logs record it
 (elapsed_s of the last epoch of log_vqvae.jsonl + log_pixelcnn.jsonl);
-main.py's and evaluate.py's whole wall times are printed beside the table.
+main.py's and evaluate.py's whole wall times, and main.py's wall time per
+stage (its `stage k (...) took x s` lines, kept in readme_run.json as
+stage_s), are printed beside the table.
 """
 import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -163,14 +166,27 @@ def commands(run, work_dir, args):
             ['python', evaluate, *common, *shlex.split(args.eval_args)]]
 
 
-def timed(argv):
-    """Run argv (its 'python' is this interpreter); its wall time in
-    seconds. A failure stops everything."""
+STAGE_RE = re.compile(r'^stage (\d) \((.+)\) took ([\d.]+) s$')
+
+
+def timed(argv, stages=None):
+    """Run argv (its 'python' is this interpreter), passing its output
+    through; its wall time in seconds. main.py's `stage k (name) took x s`
+    lines go into the dict `stages` ({'1 train VQ-VAE': x, ...}). A failure
+    stops everything."""
     tic = time.perf_counter()
-    done = subprocess.run([sys.executable, *argv[1:]])
-    if done.returncode:
+    proc = subprocess.Popen([sys.executable, *argv[1:]],
+                            stdout=subprocess.PIPE, text=True, bufsize=1)
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        m = STAGE_RE.match(line.strip())
+        if m and stages is not None:
+            stages[f'{m[1]} {m[2]}'] = float(m[3])
+    code = proc.wait()
+    if code:
         sys.exit(f'error: `{shlex.join(argv)}` failed with exit code '
-                 f'{done.returncode}')
+                 f'{code}')
     return time.perf_counter() - tic
 
 
@@ -192,7 +208,8 @@ def run_one(name, run, args):
                   date=datetime.datetime.now().isoformat(timespec='seconds'),
                   machine=machine(args.device or default_device()),
                   loadavg_before=os.getloadavg())
-    record['main_s'] = timed(argvs[0])
+    record['stage_s'] = {}
+    record['main_s'] = timed(argvs[0], record['stage_s'])
     record['evaluate_s'] = timed(argvs[1])
     record['loadavg_after'] = os.getloadavg()
     with open(os.path.join(work_dir, RECORD), 'w') as f:
@@ -232,6 +249,8 @@ def timings(label, work_dir, metrics, record):
         records = read_jsonl(os.path.join(work_dir, key))
         if records:
             times.append(f'{title} {duration(records[-1]["elapsed_s"])}')
+    for stage, seconds in record.get('stage_s', {}).items():
+        times.append(f'stage {stage} {duration(seconds)}')
     for key, script in (('main_s', 'main.py'), ('evaluate_s', 'evaluate.py')):
         if key in record:
             times.append(f'{script} {duration(record[key])}')

@@ -44,6 +44,12 @@ def broadcast(t, src=0):
     return t
 
 
+def get_backend():
+    """The process group's backend ('nccl', 'gloo'), or None in one
+    process."""
+    return dist.get_backend() if is_dist() else None
+
+
 def unwrap(model):
     """The plain module inside DDP / torch.compile wrappers."""
     model = getattr(model, '_orig_mod', model)

@@ -88,6 +88,11 @@ def test_a_tiny_run_prints_its_metrics_as_a_readme_row(tiny_data_root,
     assert len(cells(head)) == len(cells(rule)) == len(cells(row)) == 14
     record = json.loads((work_dir / readme_results.RECORD).read_text())
     assert record['main_s'] > 0 and record['evaluate_s'] > 0
+    # main.py's wall time per stage, from its `stage k (...) took` lines
+    assert list(record['stage_s']) == ['1 train VQ-VAE', '2 reconstruct',
+                                       '3 train PixelCNN', '4 sample']
+    assert 0 < sum(record['stage_s'].values()) < record['main_s']
+    assert re.search(r'stage 3 train PixelCNN [\d.]+ s', out)
     assert len(record['loadavg_before']) == len(record['loadavg_after']) == 3
     assert re.search(r'load average \(1/5/15 min\) before [\d.]+ ', out)
     assert re.search(r'^python \S*main\.py -c 5 .*--cfg-options dim=8',

@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from dldemos.dist_utils import (barrier, cleanup_distributed, get_world_size,
-                                is_main, setup_distributed)
+from dldemos.dist_utils import (barrier, cleanup_distributed, get_backend,
+                                get_world_size, is_main, setup_distributed)
 from dldemos.errors import UsageError, report_errors
 from dldemos.threads import configure_threads
 from dldemos.VQVAE.cli import add_common_args, check_seed
@@ -72,7 +72,8 @@ def launch(train, stage, doc, argv=None):
         ctx = RunContext(cfg, device, args.work_dir, args.data_root,
                          args.seed, args.resume)
         check_outputs(ctx)
-        log(f'device: {device} x {get_world_size()} processes')
+        log(f'device: {device} x {get_world_size()} processes '
+            f'({get_backend()})')
         fetch_data_once(ctx, stage)  # no data: nothing written yet
         prepare_work_dir(ctx, argv)
         seed_everything(args.seed)  # + rank: each rank its own stream

@@ -2,6 +2,7 @@
 JSONL logs that the loss plot and the README's numbers are read from."""
 import json
 import os
+import time
 
 from dldemos.dist_utils import is_main
 from dldemos.VQVAE.checkpoint import plain
@@ -10,6 +11,29 @@ from dldemos.VQVAE.checkpoint import plain
 def log(*args):
     if is_main():
         print(*args, flush=True)
+
+
+STAGE_LINE = 'stage {k} ({name}) took {seconds:.1f} s'
+
+
+class StageTimer:
+    """Wall time of main.py's stages: `if stage.runs(3, 'train PixelCNN'):`
+    ends the stage before it (printing `stage 1 (train VQ-VAE) took 84.2 s`,
+    which benchmarks/readme_results.py reads) and starts stage 3's clock
+    when 3 is among the stages to run. `runs(None)` ends the last one."""
+
+    def __init__(self, stages):
+        self.stages, self.current = stages, None
+
+    def runs(self, k, name=''):
+        if self.current is not None:
+            (k0, name0, tic), self.current = self.current, None
+            log(STAGE_LINE.format(k=k0, name=name0,
+                                  seconds=time.perf_counter() - tic))
+        if k in self.stages:
+            self.current = (k, name, time.perf_counter())
+            return True
+        return False
 
 
 def append_jsonl(path, record):

@@ -42,7 +42,7 @@ from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
                                    seed_everything)
 from dldemos.VQVAE.epoch_runner import Stage, run_epochs
 from dldemos.VQVAE.loaders import check_data, image_loader, prior_loader
-from dldemos.VQVAE.logs import log
+from dldemos.VQVAE.logs import StageTimer, log
 from dldemos.VQVAE.lr_schedule import stage_lr
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
@@ -193,13 +193,14 @@ def run(args, argv):
     seed_everything(ctx.seed)
     vqvae, gen_model = build_models(cfg)
     dataset = cfg['dataset_type']
+    stage = StageTimer(stages)  # prints each stage's wall time as it ends
 
     # 1. Train VQVAE
-    if 1 in stages:
+    if stage.runs(1, 'train VQ-VAE'):
         train_vqvae(vqvae, ctx)
 
     # 2. Test VQVAE by visualizing reconstructions of held-out images
-    if 2 in stages:
+    if stage.runs(2, 'reconstruct'):
         load_stage_input(vqvae, ctx, 'vqvae_path', 2)
         loader, _ = image_loader(ctx, 16, 'test', subset=16, shuffle=False)
         out = ctx.out(f'vqvae_reconstruct_{dataset}.jpg')
@@ -207,14 +208,14 @@ def run(args, argv):
         log('wrote', out)
 
     # 3. Train the generative model (Gated PixelCNN)
-    if 3 in stages:
+    if stage.runs(3, 'train PixelCNN'):
         # from the checkpoint, not stage 1's last weights in memory: stage 3
         # can run alone (--stages 3,4) and sees exactly what was saved
         load_stage_input(vqvae, ctx, 'vqvae_path', 3)
         train_generative_model(vqvae, gen_model, ctx)
 
     # 4. Sample
-    if 4 in stages:
+    if stage.runs(4, 'sample'):
         load_stage_input(vqvae, ctx, 'vqvae_path', 4)
         load_stage_input(gen_model, ctx, 'gen_model_path', 4)
         # a prior sampled through another VQ-VAE's decoder gives noise
@@ -225,6 +226,7 @@ def run(args, argv):
                     temperature=cfg['temperature'], top_k=cfg['top_k'],
                     seed=ctx.seed)
         log('wrote', out)
+    stage.runs(None)
 
 
 def build_parser():
