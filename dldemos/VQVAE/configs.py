@@ -161,10 +161,11 @@ mnist_quick_cfg = dict(dataset_type='MNIST',
 # epochs): the VQ-VAE option that measured best and a prior conditioned on
 # the digit. The codebook ablation (benchmarks/ablation_codebook.py, config
 # 0's VQ-VAE, 20 epochs, 2 seeds: README) found the one-cycle lr peaking at
-# 2e-3 worth +1.7 dB; on MNIST the codebook never collapses, so dead-code
-# restarts and k-means init cost 0.2-0.3 dB, and EMA updates add nothing on
-# top of the one-cycle lr. The prior keeps the tutorial's lr_2 with a cosine
-# decay (its 50 epochs need a GPU and were not tuned).
+# 2e-3 worth +1.4 dB; on MNIST the codebook never collapses, so dead-code
+# restarts and k-means init cost 0.2-0.3 dB alone, and neither they nor EMA
+# updates add anything on top of the one-cycle lr. The prior keeps the
+# tutorial's lr_2 with a cosine decay (its 50 epochs need a GPU and were not
+# tuned).
 mnist_plus_cfg = dict(mnist_cfg1,
                       lr=2e-3,
                       lr_schedule='onecycle',
