@@ -38,6 +38,8 @@ if REPO not in sys.path:  # run as `python benchmarks/readme_results.py`
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dldemos.errors import UsageError  # noqa: E402
+from dldemos.VQVAE.cli import pick_device  # noqa: E402
 from dldemos.VQVAE.hardware import describe  # noqa: E402
 from dldemos.VQVAE.loaders import usable_workers  # noqa: E402
 from dldemos.VQVAE.logs import read_jsonl  # noqa: E402
@@ -333,6 +335,10 @@ def main(argv=None):
     if unknown:
         sys.exit(f'error: unknown run {", ".join(unknown)}: use '
                  f'{", ".join(RUNS)}')
+    try:  # before any work dir is made: say it in one line, as main.py does
+        pick_device(args.device)
+    except UsageError as e:
+        sys.exit(f'error: {e}')
     args.work_root = args.work_root or os.path.join(
         'work_dirs', 'readme_results_'
         + datetime.datetime.now().strftime('%Y%m%d_%H%M%S'))

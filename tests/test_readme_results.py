@@ -112,6 +112,19 @@ def test_a_used_work_dir_is_refused(tmp_path):
                              str(tmp_path)])
 
 
+@pytest.mark.parametrize('device,expected', [
+    ('foo', "is not a device"),
+    ('cuda:99', 'cuda:99'),  # no CUDA here, or not 100 GPUs
+])
+def test_a_bad_device_is_one_line_before_any_work_dir(tmp_path, device,
+                                                      expected):
+    with pytest.raises(SystemExit) as e:
+        readme_results.main(['--runs', 'quick', '--device', device,
+                             '--work-root', str(tmp_path / 'runs')])
+    assert expected in str(e.value) and '\n' not in str(e.value)
+    assert not (tmp_path / 'runs').exists()
+
+
 def test_the_header_is_readmes():
     metrics = {'prior': {'uniform_nats_per_latent': 3.4657359}}  # log 32
     head, rule = readme_results.header([metrics]).splitlines()
