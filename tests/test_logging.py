@@ -174,3 +174,40 @@ def test_resume_with_a_damaged_log(tiny_run, tiny_data_root, tmp_path):
     # the resumed run rewrote the log without the junk
     assert all(line.startswith(b'{"epoch": ')
                for line in log.read_bytes().splitlines())
+
+
+@pytest.mark.parametrize('used, warned_at', [
+    ([8, 8, 7, 8], []),          # a healthy codebook: never
+    ([3, 5, 8, 4], []),          # half of the most is not a collapse yet
+    ([8, 8, 3, 2], [2, 3]),      # fell under half: every epoch it stays
+    ([2, 8, 1], [2]),            # counted from the most, not the first
+])
+def test_collapse_watch_warns_when_codes_used_halve(used, warned_at):
+    from dldemos.VQVAE.monitor import CollapseWatch
+    watch = CollapseWatch(8)
+    lines = [watch(n) for n in used]
+    assert [i for i, line in enumerate(lines) if line] == warned_at
+    for i in warned_at:
+        assert lines[i].startswith('warning: held-out codes used fell from')
+        assert 'lower lr' in lines[i] and '\n' not in lines[i]
+
+
+def test_a_collapse_is_reported_after_the_epoch_line(
+        tiny_data_root, tmp_path, monkeypatch, capsys):
+    """Held-out codes used falling from 8 to 2 prints the warning under that
+    epoch's line; training goes on (the user decides)."""
+    from dldemos.VQVAE import monitor
+    used = iter([8, 2])
+    monkeypatch.setattr(monitor, 'vqvae_heldout', lambda *a: dict(
+        mse=0.1, psnr=10.0, codes_used=next(used)))
+    main_mod.main(['-c', '5', '--data-root', str(tiny_data_root),
+                   '--work-dir', str(tmp_path), '--stages', '1',
+                   '--cfg-options', *TINY, 'n_epochs=2', 'n_preview=0'])
+    lines = capsys.readouterr().out.splitlines()
+    epoch1 = [i for i, line in enumerate(lines) if line.startswith('epoch 1 ')]
+    assert len(epoch1) == 1 and 'codes used 2/8' in lines[epoch1[0]]
+    assert lines[epoch1[0] + 1] == (
+        'warning: held-out codes used fell from 8 to 2 of 8: the codebook '
+        'collapsed; lower lr (or set dead_code_restart=True) and train again')
+    assert not any(line.startswith('warning') for line in lines[:epoch1[0]])
+    assert (tmp_path / 'model_mnist_quick.pth').exists()

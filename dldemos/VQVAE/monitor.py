@@ -11,6 +11,25 @@ from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
                                  preview_samples)
 
 
+class CollapseWatch:
+    """Warns when the held-out codes used fall below half the most this run
+    has reached: the codebook collapsed, which a too-high lr does (config
+    0's VQ-VAE with a one-cycle lr peaking at 1.6e-2 fell from 32 codes to 2
+    in one epoch, and the PSNR to 10.5 dB, without a non-finite loss)."""
+
+    def __init__(self, n_embedding):
+        self.K, self.most = n_embedding, 0
+
+    def __call__(self, codes_used):
+        """'' or a one-line warning that says what to do."""
+        self.most = max(self.most, codes_used)
+        if 2 * codes_used >= self.most:
+            return ''
+        return (f'warning: held-out codes used fell from {self.most} to '
+                f'{codes_used} of {self.K}: the codebook collapsed; lower lr '
+                '(or set dead_code_restart=True) and train again')
+
+
 def vqvae_hooks(ctx, vqvae):
     cfg, device = ctx.cfg, ctx.device
     K = cfg['n_embedding']
@@ -26,9 +45,14 @@ def vqvae_hooks(ctx, vqvae):
             return {'test_mse': m['mse'], 'test_psnr': m['psnr'],
                     'test_codes_used': m['codes_used']}
         hooks['heldout'] = score
-        hooks['describe'] = lambda r: (
-            f'test mse {r["test_mse"]:.5f} psnr {r["test_psnr"]:.2f} dB '
-            f'codes used {r["test_codes_used"]}/{K}')
+        watch = CollapseWatch(K)
+
+        def describe(r):
+            line = (f'test mse {r["test_mse"]:.5f} psnr {r["test_psnr"]:.2f} '
+                    f'dB codes used {r["test_codes_used"]}/{K}')
+            warning = watch(r['test_codes_used'])
+            return line + (f'\n{warning}' if warning else '')
+        hooks['describe'] = describe
     if cfg['n_preview'] and cfg['preview_every']:
         # only rank 0 draws previews
         x = preview_images(ctx).to(device) if is_main() else None
