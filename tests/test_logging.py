@@ -208,6 +208,6 @@ def test_a_collapse_is_reported_after_the_epoch_line(
     assert len(epoch1) == 1 and 'codes used 2/8' in lines[epoch1[0]]
     assert lines[epoch1[0] + 1] == (
         'warning: held-out codes used fell from 8 to 2 of 8: the codebook '
-        'collapsed; lower lr (or set dead_code_restart=True) and train again')
+        'collapsed; lower lr and train again')
     assert not any(line.startswith('warning') for line in lines[:epoch1[0]])
     assert (tmp_path / 'model_mnist_quick.pth').exists()

@@ -27,7 +27,7 @@ class CollapseWatch:
             return ''
         return (f'warning: held-out codes used fell from {self.most} to '
                 f'{codes_used} of {self.K}: the codebook collapsed; lower lr '
-                '(or set dead_code_restart=True) and train again')
+                'and train again')
 
 
 def vqvae_hooks(ctx, vqvae):
