@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from readme_results import (EVALUATE, MAIN, REPO, default_device,  # noqa
                             dig, duration, machine, sig, timed)
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
-from dldemos.VQVAE.logs import read_jsonl  # noqa: E402
+from dldemos.VQVAE.runtime.logs import read_jsonl  # noqa: E402
 
 RUNS = [  # name, label, amp, stages, VQ-VAE from run
     ('fp32', 'amp off (fp32)', False, '1,3', None),

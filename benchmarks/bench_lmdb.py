@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from dldemos.lmdb_loader import LMDBImageDataset, folder_to_lmdb, \
     open_readonly
 from dldemos.VQVAE.dataset import CelebADataset, list_images
-from dldemos.VQVAE.hardware import cpu_name
+from dldemos.VQVAE.runtime.hardware import cpu_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FOLDER = os.path.join(REPO, '..', 'shared', 'data', 'celebA',

@@ -56,7 +56,7 @@ def child(spec):
     """Run in a fresh process: time the two steps, print one JSON line."""
     import torch
     import torch.nn as nn
-    from dldemos.VQVAE.build import build_models
+    from dldemos.VQVAE.runtime.build import build_models
     from dldemos.VQVAE.configs import get_cfg
 
     torch.set_num_threads(spec['threads'])
@@ -226,7 +226,7 @@ def main(argv=None):
     settings = SETTINGS + [(f'2 threads, GOMP_SPINCOUNT={n}', 2,
                             {'GOMP_SPINCOUNT': n})
                            for n in spin.split(',') if n.strip()]
-    from dldemos.VQVAE.hardware import cpu_name
+    from dldemos.VQVAE.runtime.hardware import cpu_name
     start = time.perf_counter()
     table = {(label, n): {'prior': [], 'vqvae': []}
              for label, _, _ in settings for n in loads}

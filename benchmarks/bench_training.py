@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from common import (Table, base_parser, randomize_batch_norm,  # noqa: E402
                     setup, sync, time_pair)
-from dldemos.VQVAE import code_cache  # noqa: E402
+from dldemos.VQVAE.loading import code_cache  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
-from dldemos.VQVAE.build import (autocast, build_models,  # noqa: E402
+from dldemos.VQVAE.runtime.build import (autocast, build_models,  # noqa: E402
                                  prepare_for_training)
 from tutorial_reference import (TutorialPixelCNNWithEmbedding,  # noqa: E402
                                 TutorialVQVAE, train_prior_steps,

@@ -12,7 +12,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 if REPO not in sys.path:  # run as `python benchmarks/x.py`
     sys.path.insert(0, REPO)
 
-from dldemos.VQVAE.hardware import cpu_name  # noqa: E402 (needs REPO)
+from dldemos.VQVAE.runtime.hardware import cpu_name  # noqa: E402 (needs REPO)
 
 
 def base_parser(description):

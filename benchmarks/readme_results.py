@@ -38,11 +38,11 @@ if REPO not in sys.path:  # run as `python benchmarks/readme_results.py`
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dldemos.errors import UsageError  # noqa: E402
-from dldemos.VQVAE.cli import pick_device  # noqa: E402
-from dldemos.VQVAE.hardware import describe  # noqa: E402
-from dldemos.VQVAE.loaders import usable_workers  # noqa: E402
-from dldemos.VQVAE.logs import read_jsonl  # noqa: E402
+from dldemos.utils.errors import UsageError  # noqa: E402
+from dldemos.VQVAE.runtime.cli import pick_device  # noqa: E402
+from dldemos.VQVAE.runtime.hardware import describe  # noqa: E402
+from dldemos.VQVAE.loading.loaders import usable_workers  # noqa: E402
+from dldemos.VQVAE.runtime.logs import read_jsonl  # noqa: E402
 
 RECORD = 'readme_run.json'
 MAIN = 'dldemos/VQVAE/main.py'

@@ -26,8 +26,8 @@ import lmdb
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dldemos.errors import DataError
-from dldemos.image_folder import (dataset_files, decode_rgb, first_decodable,
+from dldemos.utils.errors import DataError
+from dldemos.utils.image_folder import (dataset_files, decode_rgb, first_decodable,
                                   names_checksum, split_files)
 
 KEYS = b'__keys__'

@@ -10,9 +10,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../..')))
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from dldemos.dist_utils import (cleanup_distributed, get_rank,  # noqa: E402
+from dldemos.utils.dist_utils import (cleanup_distributed, get_rank,  # noqa: E402
                                 setup_distributed)
-from dldemos.VQVAE.codebook import CodebookTrainer  # noqa: E402
+from dldemos.VQVAE.training.codebook import CodebookTrainer  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
 from dldemos.VQVAE.model import VQVAE  # noqa: E402
 

@@ -24,7 +24,7 @@ def test_a_variant_without_options_passes_no_empty_flag():
 
 
 def test_variants_are_valid_options():
-    from dldemos.VQVAE.config_check import load_cfg
+    from dldemos.VQVAE.runtime.config_check import load_cfg
     for _, options in ablation_codebook.VARIANTS.values():
         load_cfg(0, options)  # raises on an unknown key or a bad value
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dldemos.VQVAE import checkpoint
-from dldemos.VQVAE.checkpoint import (CheckpointError, load_file, load_model,
+from dldemos.VQVAE.runtime import checkpoint
+from dldemos.VQVAE.runtime.checkpoint import (CheckpointError, load_file, load_model,
                                       load_training_state, resume_path,
                                       rng_state, save_atomic,
                                       save_training_state, set_rng_state)
@@ -297,7 +297,7 @@ def test_mid_epoch_resume_refuses_changed_batches(tmp_path, step, key, ok):
 def test_mid_epoch_resume_refuses_another_number_of_processes(tmp_path,
                                                              monkeypatch):
     # each rank's shard of an epoch depends on the world size
-    from dldemos.VQVAE import checkpoint
+    from dldemos.VQVAE.runtime import checkpoint
     path = str(tmp_path / 'm.pth')
     model, opt = make_trained(0)
     save_training_state(path, model, opt, {}, epoch=1, step=4)

@@ -4,8 +4,9 @@ import argparse
 
 import pytest
 
-from dldemos.VQVAE import (dataset, dist_launch, dist_train_pixelcnn,
-                           dist_train_vqvae, evaluate, main, plots)
+from dldemos.VQVAE import (dataset, dist_train_pixelcnn, dist_train_vqvae,
+                           evaluate, main, plots)
+from dldemos.VQVAE.training import dist_launch
 from dldemos.VQVAE.configs import CONFIG_NAMES
 
 PARSERS = {

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import make_face_folder
-from dldemos.VQVAE import code_cache
+from dldemos.VQVAE.loading import code_cache
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.context import RunContext
-from dldemos.VQVAE.loaders import code_loader
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.runtime.context import RunContext
+from dldemos.VQVAE.loading.loaders import code_loader
 from dldemos.VQVAE.main import train_generative_model, train_vqvae
 from dldemos.VQVAE.model import VQVAE
 

@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.checkpoint import load_file, load_model, resume_path
-from dldemos.VQVAE.codebook import CodebookTrainer, flat, kmeans
-from dldemos.VQVAE.config_check import load_cfg
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE.training.codebook import CodebookTrainer, flat, kmeans
+from dldemos.VQVAE.runtime.config_check import load_cfg
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.context import RunContext
-from dldemos.VQVAE.loaders import image_loader
+from dldemos.VQVAE.runtime.context import RunContext
+from dldemos.VQVAE.loading.loaders import image_loader
 from dldemos.VQVAE.model import VQVAE, nearest_neighbor
 from test_distributed import TINY as DDP_TINY
 from test_distributed import B, assert_one_step_equal, tiny_cfg, torchrun

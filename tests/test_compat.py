@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dldemos.VQVAE.checkpoint import load_model, save_training_state
+from dldemos.VQVAE.runtime.checkpoint import load_model, save_training_state
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.build import build_models
+from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 

@@ -9,16 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from dldemos.errors import UsageError
-from dldemos.VQVAE import code_cache, epoch_runner, evaluate
+from dldemos.utils.errors import UsageError
+from dldemos.VQVAE import evaluate
+from dldemos.VQVAE.loading import code_cache
+from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.checkpoint import load_file, load_model, resume_path
-from dldemos.VQVAE.context import RunContext
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE.runtime.context import RunContext
 from dldemos.VQVAE.dataset import get_dataloader, get_dataset
-from dldemos.VQVAE.loaders import code_loader
+from dldemos.VQVAE.loading.loaders import code_loader
 from dldemos.VQVAE.main import train_generative_model
-from dldemos.VQVAE.metrics import prior_nll
+from dldemos.VQVAE.scoring.metrics import prior_nll
 from dldemos.VQVAE.plots import save_grid
 from test_code_cache import losses, save_vqvae, tiny_cfg
 from test_resume import GEN, VQ, StopAt, assert_same, weights

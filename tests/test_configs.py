@@ -2,8 +2,8 @@
 import pytest
 
 from dldemos.VQVAE.configs import DEFAULTS, cfgs, get_cfg
-from dldemos.errors import UsageError
-from dldemos.VQVAE.config_check import (apply_overrides, check_ranges,
+from dldemos.utils.errors import UsageError
+from dldemos.VQVAE.runtime.config_check import (apply_overrides, check_ranges,
                                         load_cfg, parse_value)
 
 # The tutorial's configs (its configs.py; the text states dim, n_embedding,

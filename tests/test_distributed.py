@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
 from dldemos.VQVAE import dist_train_pixelcnn, main as main_mod
-from dldemos.VQVAE.checkpoint import load_file, load_model
-from dldemos.VQVAE.code_cache import cache_path
+from dldemos.VQVAE.runtime.checkpoint import load_file, load_model
+from dldemos.VQVAE.loading.code_cache import cache_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import get_dataset
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.config_check import apply_overrides
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.runtime.config_check import apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = 8  # batch per rank; 2 ranks -> 2B training images, one step each

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from dldemos.VQVAE import evaluate, mnist_classifier
+from dldemos.VQVAE import evaluate
+from dldemos.VQVAE.scoring import mnist_classifier
 from dldemos.VQVAE.main import main as train_main
 
 # tiny models: the point is the pipeline and the schema, not the numbers

@@ -1,4 +1,4 @@
-"""dldemos/image_folder.py: the one place that says which files of a folder a
+"""dldemos/utils/image_folder.py: the one place that says which files of a folder a
 dataset uses; a leaf module that the folder dataset and the LMDB code share."""
 import ast
 import os
@@ -19,17 +19,17 @@ def imports_of(path):
 
 
 def test_image_folder_imports_only_stdlib_pil_and_errors():
-    mods = list(imports_of(REPO / 'dldemos' / 'image_folder.py'))
+    mods = list(imports_of(REPO / 'dldemos' / 'utils' / 'image_folder.py'))
     assert mods
     for mod in mods:
         top = mod.split('.')[0]
         assert top in sys.stdlib_module_names or top == 'PIL' \
-            or mod == 'dldemos.errors', mod
+            or mod == 'dldemos.utils.errors', mod
 
 
 def test_lmdb_loader_does_not_import_the_app_dataset_module():
     mods = set(imports_of(REPO / 'dldemos' / 'lmdb_loader.py'))
-    assert 'dldemos.image_folder' in mods
+    assert 'dldemos.utils.image_folder' in mods
     assert not any(m.startswith('dldemos.VQVAE') for m in mods), mods
 
 
@@ -55,7 +55,7 @@ assert not loaded, loaded
 
 
 def test_dataset_module_still_exports_the_folder_helpers():
-    from dldemos import image_folder
+    from dldemos.utils import image_folder
     from dldemos.VQVAE import dataset
     for name in ('list_images', 'split_files', 'IMG_EXTENSIONS',
                  'HELD_OUT_FRACTION'):

@@ -16,14 +16,14 @@ from PIL import Image
 
 from conftest import REPO, make_face_folder
 from dldemos import lmdb_loader
-from dldemos.errors import DataError
+from dldemos.utils.errors import DataError
 from dldemos.lmdb_loader import (KEYS, META, LMDBImageDataset, LMDBNotFound,
                                  folder_to_lmdb)
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.dataset import (CELEBA_DIR, CELEBA_HQ_DIR, CelebADataset,
                                    celeba_transform, get_dataloader,
                                    get_dataset, list_images, to_lmdb)
-from dldemos.errors import UsageError
+from dldemos.utils.errors import UsageError
 
 
 @pytest.fixture(scope='module')
@@ -188,7 +188,7 @@ DAMAGE = ('truncated_half', 'truncated_to_two_pages', 'empty',
 READER = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from dldemos.errors import DataError
+from dldemos.utils.errors import DataError
 from dldemos.lmdb_loader import LMDBImageDataset
 for path in sys.argv[2:]:
     try:

@@ -10,7 +10,7 @@ from PIL import Image
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.plots import (by_epoch, draw_losses, loss_panels,
                                  plot_losses)
-from dldemos.VQVAE.logs import append_jsonl, read_jsonl, start_jsonl
+from dldemos.VQVAE.runtime.logs import append_jsonl, read_jsonl, start_jsonl
 
 TINY = ['dim=8', 'n_embedding=8', 'batch_size=16', 'batch_size_2=16',
         'train_subset=32', 'eval_subset=16', 'pixelcnn_n_blocks=2',
@@ -183,7 +183,7 @@ def test_resume_with_a_damaged_log(tiny_run, tiny_data_root, tmp_path):
     ([2, 8, 1], [2]),            # counted from the most, not the first
 ])
 def test_collapse_watch_warns_when_codes_used_halve(used, warned_at):
-    from dldemos.VQVAE.monitor import CollapseWatch
+    from dldemos.VQVAE.training.monitor import CollapseWatch
     watch = CollapseWatch(8)
     lines = [watch(n) for n in used]
     assert [i for i, line in enumerate(lines) if line] == warned_at
@@ -196,7 +196,7 @@ def test_a_collapse_is_reported_after_the_epoch_line(
         tiny_data_root, tmp_path, monkeypatch, capsys):
     """Held-out codes used falling from 8 to 2 prints the warning under that
     epoch's line; training goes on (the user decides)."""
-    from dldemos.VQVAE import monitor
+    from dldemos.VQVAE.training import monitor
     used = iter([8, 2])
     monkeypatch.setattr(monitor, 'vqvae_heldout', lambda *a: dict(
         mse=0.1, psnr=10.0, codes_used=next(used)))

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dldemos.VQVAE import epoch_runner
+from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.lr_schedule import lr_at
+from dldemos.VQVAE.training.lr_schedule import lr_at
 from test_resume import run_main
 
 

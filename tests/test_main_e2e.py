@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dldemos.VQVAE import epoch_runner, main as vq_main
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.checkpoint import resume_path
-from dldemos.VQVAE.config_check import apply_overrides
+from dldemos.VQVAE import main as vq_main
+from dldemos.VQVAE.training import epoch_runner
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.runtime.checkpoint import resume_path
+from dldemos.VQVAE.runtime.config_check import apply_overrides
 from dldemos.VQVAE.configs import get_cfg
 
 # config 5 shrunk so that all four stages take about a second

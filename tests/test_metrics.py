@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dldemos.VQVAE.metrics import (bits_per_dim, feature_stats,
+from dldemos.VQVAE.scoring.metrics import (bits_per_dim, feature_stats,
                                    frechet_distance, frechet_distance_of,
                                    perplexity, prior_nll, psnr_from_mse, ssim)
 

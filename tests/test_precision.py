@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dldemos.precision import full_fp32
+from dldemos.utils.precision import full_fp32
 
 
 def flags():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dldemos.VQVAE.logs import read_jsonl
+from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))

@@ -17,10 +17,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from dldemos.VQVAE import epoch_runner, evaluate
+from dldemos.VQVAE import evaluate
+from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.checkpoint import file_sha256, load_file, resume_path
-from dldemos.VQVAE.logs import read_jsonl
+from dldemos.VQVAE.runtime.checkpoint import file_sha256, load_file, resume_path
+from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = str(REPO / 'dldemos' / 'VQVAE' / 'main.py')
@@ -148,7 +149,7 @@ def test_second_run_in_a_locked_work_dir_names_the_holder(
     holder = subprocess.Popen(
         [sys.executable, '-c',
          'import sys, time\n'
-         'from dldemos.VQVAE.work_lock import lock_work_dir\n'
+         'from dldemos.VQVAE.runtime.work_lock import lock_work_dir\n'
          'lock_work_dir(sys.argv[1])\n'
          'print("locked", flush=True)\n'
          'time.sleep(120)\n', str(tmp_path)],

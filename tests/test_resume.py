@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dldemos.VQVAE import epoch_runner, main as main_mod
-from dldemos.VQVAE.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE import main as main_mod
+from dldemos.VQVAE.training import epoch_runner
+from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.model import VQVAE
-from dldemos.VQVAE.logs import read_jsonl
+from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 # config 5 shrunk to a few seconds on a CPU

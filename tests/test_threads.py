@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from dldemos.errors import UsageError
-from dldemos.threads import configure_threads, passive_wait
+from dldemos.utils.errors import UsageError
+from dldemos.utils.threads import configure_threads, passive_wait
 from dldemos.VQVAE.main import build_parser
 
 from conftest import REPO
@@ -36,7 +36,7 @@ def test_passive_wait_is_a_default(monkeypatch):
 
 def test_configure_threads_sets_torch_threads():
     # a fresh process: this one has its thread count set by conftest
-    code = ('from dldemos.threads import configure_threads; import torch; '
+    code = ('from dldemos.utils.threads import configure_threads; import torch; '
             'd = torch.get_num_threads(); '
             'print(configure_threads(None) == d, configure_threads(3), '
             'torch.get_num_threads())')

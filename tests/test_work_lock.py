@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from dldemos.errors import UsageError
-from dldemos.VQVAE.work_lock import lock_work_dir, unlock_work_dir
+from dldemos.utils.errors import UsageError
+from dldemos.VQVAE.runtime.work_lock import lock_work_dir, unlock_work_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 # a first run: takes the lock, says so, and keeps it until killed
 HOLDER = '''
 import sys, time
-from dldemos.VQVAE.work_lock import lock_work_dir
+from dldemos.VQVAE.runtime.work_lock import lock_work_dir
 lock_work_dir(sys.argv[1])
 print('locked', flush=True)
 time.sleep(120)

@@ -26,9 +26,9 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
-from dldemos import image_folder
-from dldemos.errors import DataError, UsageError, report_errors
-from dldemos.image_folder import (  # noqa: F401 (re-exported)
+from dldemos.utils import image_folder
+from dldemos.utils.errors import DataError, UsageError, report_errors
+from dldemos.utils.image_folder import (  # noqa: F401 (re-exported)
     HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, split_files, warn)
 
 DATA_ROOT = 'data'

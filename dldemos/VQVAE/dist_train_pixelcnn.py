@@ -15,12 +15,12 @@ import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
-    from dldemos.threads import passive_wait
+    from dldemos.utils.threads import passive_wait
     passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.dist_launch import launch
-from dldemos.VQVAE.context import load_stage_input
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.training.dist_launch import launch
+from dldemos.VQVAE.runtime.context import load_stage_input
 from dldemos.VQVAE.main import train_generative_model
 
 

@@ -20,27 +20,27 @@ import time
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
-    from dldemos.threads import passive_wait
+    from dldemos.utils.threads import passive_wait
     passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dldemos.errors import CheckpointError, UsageError, report_errors
-from dldemos.threads import configure_threads
-from dldemos.VQVAE import mnist_classifier
-from dldemos.VQVAE.build import build_models
-from dldemos.VQVAE.checkpoint import (file_sha256, load_file, load_model,
+from dldemos.utils.errors import CheckpointError, UsageError, report_errors
+from dldemos.utils.threads import configure_threads
+from dldemos.VQVAE.scoring import mnist_classifier
+from dldemos.VQVAE.runtime.build import build_models
+from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_file, load_model,
                                       plain, resume_path)
-from dldemos.VQVAE.cli import add_common_args, check_seed, pick_device
-from dldemos.VQVAE.config_check import load_cfg
-from dldemos.VQVAE.context import (RunContext, prior_is_stale,
+from dldemos.VQVAE.runtime.cli import add_common_args, check_seed, pick_device
+from dldemos.VQVAE.runtime.config_check import load_cfg
+from dldemos.VQVAE.runtime.context import (RunContext, prior_is_stale,
                                    seed_everything)
-from dldemos.VQVAE.hardware import describe as hardware
-from dldemos.VQVAE.loaders import code_loader, image_loader
-from dldemos.VQVAE.logs import log
-from dldemos.VQVAE.metrics import (bits_per_dim, feature_stats,
+from dldemos.VQVAE.runtime.hardware import describe as hardware
+from dldemos.VQVAE.loading.loaders import code_loader, image_loader
+from dldemos.VQVAE.runtime.logs import log
+from dldemos.VQVAE.scoring.metrics import (bits_per_dim, feature_stats,
                                    frechet_distance, prior_nll, vqvae_heldout)
 from dldemos.VQVAE.plots import save_grid
 from dldemos.VQVAE.sampling import sample_with_cfg

@@ -21,34 +21,34 @@ import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
-    from dldemos.threads import passive_wait
+    from dldemos.utils.threads import passive_wait
     passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 import torch
 import torch.nn as nn
 
-from dldemos.dist_utils import get_world_size, is_dist
-from dldemos.errors import report_errors
-from dldemos.threads import configure_threads
-from dldemos.VQVAE.build import autocast, build_models, prepare_for_training
-from dldemos.VQVAE.checkpoint import file_sha256
-from dldemos.VQVAE.codebook import CodebookTrainer
-from dldemos.VQVAE.cli import (add_common_args, check_seed, parse_stages,
+from dldemos.utils.dist_utils import get_world_size, is_dist
+from dldemos.utils.errors import report_errors
+from dldemos.utils.threads import configure_threads
+from dldemos.VQVAE.runtime.build import autocast, build_models, prepare_for_training
+from dldemos.VQVAE.runtime.checkpoint import file_sha256
+from dldemos.VQVAE.training.codebook import CodebookTrainer
+from dldemos.VQVAE.runtime.cli import (add_common_args, check_seed, parse_stages,
                                pick_device)
-from dldemos.VQVAE.config_check import load_cfg
-from dldemos.VQVAE.context import (RunContext, announce, check_outputs,
+from dldemos.VQVAE.runtime.config_check import load_cfg
+from dldemos.VQVAE.runtime.context import (RunContext, announce, check_outputs,
                                    check_prior_matches_vqvae,
                                    load_stage_input, prepare_work_dir,
                                    seed_everything)
-from dldemos.VQVAE.epoch_runner import Stage, run_epochs
-from dldemos.VQVAE.loaders import check_data, image_loader, prior_loader
-from dldemos.VQVAE.logs import StageTimer, log
-from dldemos.VQVAE.lr_schedule import stage_lr
+from dldemos.VQVAE.training.epoch_runner import Stage, run_epochs
+from dldemos.VQVAE.loading.loaders import check_data, image_loader, prior_loader
+from dldemos.VQVAE.runtime.logs import StageTimer, log
+from dldemos.VQVAE.training.lr_schedule import stage_lr
 from dldemos.VQVAE.model import VQVAE
-from dldemos.VQVAE.monitor import prior_hooks, vqvae_hooks
+from dldemos.VQVAE.training.monitor import prior_hooks, vqvae_hooks
 from dldemos.VQVAE.plots import preview_reconstruction, save_grid
 from dldemos.VQVAE.sampling import grid_labels, sample
-from dldemos.VQVAE.work_lock import unlock_work_dir
+from dldemos.VQVAE.runtime.work_lock import unlock_work_dir
 
 
 # ------------------------------------------------------ 1. train the VQ-VAE

@@ -5,7 +5,7 @@ Module names and shapes are the tutorial's, so its checkpoints load unchanged.
 import torch
 import torch.nn as nn
 
-from dldemos.precision import full_fp32
+from dldemos.utils.precision import full_fp32
 
 
 class ResidualBlock(nn.Module):

@@ -15,8 +15,8 @@ import einops
 import numpy as np
 import torch
 
-from dldemos.errors import UsageError
-from dldemos.VQVAE.logs import read_jsonl
+from dldemos.utils.errors import UsageError
+from dldemos.VQVAE.runtime.logs import read_jsonl
 from dldemos.VQVAE.sampling import grid_labels, sample_with_cfg
 
 LOSS_PLOT = 'loss_curves.png'

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dldemos.dist_utils import is_main
+from dldemos.utils.dist_utils import is_main
 from dldemos.pixelcnn import cached_sampler
 
 

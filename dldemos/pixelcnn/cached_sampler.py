@@ -28,14 +28,14 @@ on by default on CUDA, and cuBLAS matmuls) and a float32 matmul precision of
 'high' / 'medium' while it runs, and restores them afterwards. Otherwise on
 CUDA the vertical stack (a cuDNN conv) would run in TF32 and the horizontal
 one (addmm) in fp32. The naive full-pass loop it is compared against must
-also run in full fp32 (e.g. inside `dldemos.precision.full_fp32()`) for
+also run in full fp32 (e.g. inside `dldemos.utils.precision.full_fp32()`) for
 equal logits and draws: with the defaults its convolutions use TF32.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dldemos.precision import full_fp32
+from dldemos.utils.precision import full_fp32
 
 
 def _fold_bn(weight, bias, bn):

@@ -4,9 +4,9 @@ better model) and preview grids. Each function returns the hooks the epoch
 runner's Stage takes (heldout, describe, preview, bar_info)."""
 import math
 
-from dldemos.dist_utils import is_main
-from dldemos.VQVAE.loaders import code_loader, image_loader, preview_images
-from dldemos.VQVAE.metrics import prior_nll, vqvae_heldout
+from dldemos.utils.dist_utils import is_main
+from dldemos.VQVAE.loading.loaders import code_loader, image_loader, preview_images
+from dldemos.VQVAE.scoring.metrics import prior_nll, vqvae_heldout
 from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
                                  preview_samples)
 

@@ -1,6 +1,6 @@
 """Image folders: which files a dataset uses, and how one image is decoded.
 
-A leaf module (stdlib, PIL and dldemos.errors only): the folder dataset
+A leaf module (stdlib, PIL and dldemos.utils.errors only): the folder dataset
 (dldemos/VQVAE/dataset.py) and the LMDB converter and reader
 (dldemos/lmdb_loader.py) both take their file lists, splits and skip rules
 from here, so a folder and the LMDB made from it hold the same images in the
@@ -16,7 +16,7 @@ import warnings
 
 from PIL import Image
 
-from dldemos.errors import DataError
+from dldemos.utils.errors import DataError
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 HELD_OUT_FRACTION = 0.1

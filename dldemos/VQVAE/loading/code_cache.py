@@ -14,9 +14,9 @@ import os
 
 import torch
 
-from dldemos.dist_utils import barrier, is_main
-from dldemos.errors import CheckpointError
-from dldemos.VQVAE.checkpoint import file_sha256, load_file, save_atomic
+from dldemos.utils.dist_utils import barrier, is_main
+from dldemos.utils.errors import CheckpointError
+from dldemos.VQVAE.runtime.checkpoint import file_sha256, load_file, save_atomic
 from dldemos.VQVAE.dataset import files_fingerprint
 
 

@@ -14,7 +14,7 @@ import shlex
 import socket
 import sys
 
-from dldemos.errors import UsageError
+from dldemos.utils.errors import UsageError
 
 LOCK_FILE = '.lock'
 # real path of each work dir this process locked -> the open lock file; the

@@ -33,7 +33,7 @@ def configure_threads(n=None):
     import torch
     if n is not None:
         if n < 1:
-            from dldemos.errors import UsageError
+            from dldemos.utils.errors import UsageError
             raise UsageError(f'--threads {n}: use an integer >= 1')
         torch.set_num_threads(n)
     return torch.get_num_threads()

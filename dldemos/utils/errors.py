@@ -8,7 +8,7 @@ instead of a traceback.
 import signal
 import sys
 
-from dldemos.dist_utils import is_main
+from dldemos.utils.dist_utils import is_main
 
 EXIT_USAGE = 2        # bad input: one line that says what to do
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM, after saving a resume point

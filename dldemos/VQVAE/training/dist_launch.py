@@ -10,17 +10,17 @@ import argparse
 import os
 import sys
 
-from dldemos.dist_utils import (barrier, cleanup_distributed, get_backend,
+from dldemos.utils.dist_utils import (barrier, cleanup_distributed, get_backend,
                                 get_world_size, is_main, setup_distributed)
-from dldemos.errors import UsageError, report_errors
-from dldemos.threads import configure_threads
-from dldemos.VQVAE.cli import add_common_args, check_seed
-from dldemos.VQVAE.config_check import load_cfg
-from dldemos.VQVAE.context import (RunContext, check_outputs,
+from dldemos.utils.errors import UsageError, report_errors
+from dldemos.utils.threads import configure_threads
+from dldemos.VQVAE.runtime.cli import add_common_args, check_seed
+from dldemos.VQVAE.runtime.config_check import load_cfg
+from dldemos.VQVAE.runtime.context import (RunContext, check_outputs,
                                    prepare_work_dir, seed_everything)
-from dldemos.VQVAE.loaders import check_data
-from dldemos.VQVAE.logs import log
-from dldemos.VQVAE.work_lock import unlock_work_dir
+from dldemos.VQVAE.loading.loaders import check_data
+from dldemos.VQVAE.runtime.logs import log
+from dldemos.VQVAE.runtime.work_lock import unlock_work_dir
 
 
 def build_parser(doc):

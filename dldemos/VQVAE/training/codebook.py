@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dldemos.dist_utils import all_reduce_sum, broadcast, is_main
-from dldemos.precision import full_fp32
+from dldemos.utils.dist_utils import all_reduce_sum, broadcast, is_main
+from dldemos.utils.precision import full_fp32
 from dldemos.VQVAE.model import nearest_neighbor
 
 KMEANS_ITERS = 10       # Lloyd iterations: a first batch settles in fewer

@@ -32,13 +32,13 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dldemos.dist_utils import (all_reduce_sum, barrier, get_world_size,
+from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
-from dldemos.errors import Interrupted, NonFiniteLoss, UsageError
-from dldemos.VQVAE.checkpoint import (StaleResumePoint, load_training_state,
+from dldemos.utils.errors import Interrupted, NonFiniteLoss, UsageError
+from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint, load_training_state,
                                       resume_path, rng_state, save_atomic,
                                       save_training_state)
-from dldemos.VQVAE.logs import append_jsonl, log, start_jsonl
+from dldemos.VQVAE.runtime.logs import append_jsonl, log, start_jsonl
 from dldemos.VQVAE.plots import update_loss_plot
 
 # Under DDP a stop check is an all-reduce plus a host sync; once every 16

@@ -4,8 +4,8 @@ import json
 import os
 import time
 
-from dldemos.dist_utils import is_main
-from dldemos.VQVAE.checkpoint import plain
+from dldemos.utils.dist_utils import is_main
+from dldemos.VQVAE.runtime.checkpoint import plain
 
 
 def log(*args):

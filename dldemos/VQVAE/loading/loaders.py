@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from dldemos.dist_utils import is_dist, is_main
-from dldemos.VQVAE import code_cache
+from dldemos.utils.dist_utils import is_dist, is_main
+from dldemos.VQVAE.loading import code_cache
 from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 
 

@@ -10,9 +10,9 @@ import math
 import os
 import sys
 
-from dldemos.errors import UsageError
+from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.lr_schedule import SCHEDULES
+from dldemos.VQVAE.training.lr_schedule import SCHEDULES
 
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 SAMPLER_NAMES = ('cached', 'naive')

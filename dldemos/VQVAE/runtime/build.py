@@ -2,7 +2,7 @@
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dldemos.dist_utils import is_dist
+from dldemos.utils.dist_utils import is_dist
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 

@@ -5,7 +5,7 @@ and its evaluation are pointed at the same config, data and work dir.
 """
 import torch
 
-from dldemos.errors import UsageError
+from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.configs import describe_configs
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer

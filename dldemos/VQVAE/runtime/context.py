@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dldemos.dist_utils import get_rank, is_main
-from dldemos.errors import UsageError
-from dldemos.VQVAE.checkpoint import (file_sha256, load_model, plain,
+from dldemos.utils.dist_utils import get_rank, is_main
+from dldemos.utils.errors import UsageError
+from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_model, plain,
                                       read_provenance, resume_path,
                                       write_text_atomic)
 from dldemos.VQVAE.configs import CONFIG_NAMES, GPU_CONFIGS
-from dldemos.VQVAE.logs import log
-from dldemos.VQVAE.work_lock import lock_work_dir
+from dldemos.VQVAE.runtime.logs import log
+from dldemos.VQVAE.runtime.work_lock import lock_work_dir
 
 
 @dataclass

@@ -19,8 +19,8 @@ import socket
 import numpy as np
 import torch
 
-from dldemos.dist_utils import get_world_size
-from dldemos.errors import CheckpointError
+from dldemos.utils.dist_utils import get_world_size
+from dldemos.utils.errors import CheckpointError
 
 
 def save_atomic(obj, path):
