@@ -2,6 +2,7 @@
 the folder dataset gives, split for split, also from DataLoader workers."""
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -40,14 +41,19 @@ def test_to_lmdb_stores_the_file_bytes(tiny_data_root, lmdb_root):
                         lock=False)
         with env, env.begin() as txn:  # closed also when an assert fails
             names = list_images(folder)
-            # + the key list and the meta record
-            assert txn.stat()['entries'] == len(names) + 2
+            # + the key list, its length and the meta record
+            assert txn.stat()['entries'] == len(names) + 3
             meta = json.loads(txn.get(META))
-            assert meta['count'] == len(names)
+            assert meta['count'] == len(names) and meta['names'] == names
             assert meta['dataset_type'] == ('CelebA' if d == CELEBA_DIR
                                             else 'CelebAHQ')
-            for name in names:  # the encoded file, not decoded pixels
-                assert txn.get(name.encode()) == (folder / name).read_bytes()
+            # the tutorial's layout: keys '0', '1', ..., pickled file bytes
+            assert pickle.loads(txn.get(KEYS)) == \
+                [str(i).encode() for i in range(len(names))]
+            assert pickle.loads(txn.get(b'__len__')) == len(names)
+            for i, name in enumerate(names):  # encoded, not decoded pixels
+                assert pickle.loads(txn.get(str(i).encode())) == \
+                    (folder / name).read_bytes()
         env.close()
 
 
@@ -138,11 +144,12 @@ def junk_folder(folder, n=20, n_junk=10):
 def test_folder_and_lmdb_split_alike_with_unreadable_files(tmp_path):
     folder = junk_folder(tmp_path / 'faces')
     out = tmp_path / 'faces.lmdb'
-    assert folder_to_lmdb(str(folder), str(out), progress=False) == 20
+    assert folder_to_lmdb(str(folder), str(out), 'CelebA',
+                          progress=False) == 20
     for split in ('train', 'test', 'all'):
         by_folder = CelebADataset(str(folder), (16, 16), split)
         db = LMDBImageDataset(str(out), split, celeba_transform((16, 16)))
-        assert [k.decode() for k in db.keys] == by_folder.filenames, split
+        assert db.names == by_folder.filenames, split
         for i in range(len(db)):  # every stored image decodes
             assert torch.equal(db[i], by_folder[i])
     assert len(CelebADataset(str(folder), (16, 16), 'test')) == 2
@@ -155,14 +162,15 @@ def one_line_damaged(msg, path):
     assert 'convert again' in msg, msg
 
 
-def test_lmdb_without_meta_record_is_refused(tmp_path):
-    path = str(tmp_path / 'old.lmdb')  # keys but no meta: not made by us
+def test_lmdb_without_meta_record_nor_a_pickled_key_list_is_refused(
+        tmp_path):
+    path = str(tmp_path / 'old.lmdb')  # a JSON key list, no meta: foreign
     env = lmdb.open(path, map_size=1 << 20)
     with env.begin(write=True) as txn:
         txn.put(b'000000.jpg', b'...')
         txn.put(KEYS, json.dumps(['000000.jpg']).encode())
     env.close()
-    with pytest.raises(DataError, match=META.decode()) as e:
+    with pytest.raises(DataError, match=KEYS.decode()) as e:
         LMDBImageDataset(path)
     assert '\n' not in str(e.value)
 
@@ -174,8 +182,8 @@ def test_key_list_not_matching_its_checksum_is_damage(tiny_data_root,
                    progress=False)
     env = lmdb.open(str(path), map_size=1 << 24)
     with env.begin(write=True) as txn:
-        keys = json.loads(txn.get(KEYS))
-        txn.put(KEYS, json.dumps(keys[1:]).encode())  # one name lost
+        keys = pickle.loads(txn.get(KEYS))
+        txn.put(KEYS, pickle.dumps(keys[1:]))  # one key lost
     env.close()
     with pytest.raises(DataError) as e:
         LMDBImageDataset(str(path))
@@ -247,10 +255,13 @@ def test_damaged_lmdb_is_one_line_data_error(damaged_reads, damage):
     one_line_damaged(line[len('DataError '):], path)
 
 
-def store(path, key, value):
+def store(path, name, value):
+    """Replace the stored bytes of image `name` (pickled, at its key)."""
+    key = str(LMDBImageDataset(str(path)).names.index(name)).encode()
+    lmdb_loader.drop(os.path.abspath(path))
     env = lmdb.open(str(path), map_size=1 << 26)
     with env.begin(write=True) as txn:
-        txn.put(key.encode(), value)
+        txn.put(key, pickle.dumps(value))
     env.close()
 
 
@@ -277,8 +288,7 @@ def test_decompression_bomb_stored_is_skipped(tmp_path, capsys, monkeypatch,
     folder_to_lmdb(str(folder), str(path), progress=False)
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', max_pixels)
     db = LMDBImageDataset(str(path), 'all', celeba_transform((16, 16)))
-    names = [k.decode() for k in db.keys]
-    i = names.index('000002.png')
+    i = db.names.index('000002.png')
     assert torch.equal(db[i], db[i + 1])
     assert 'skipping unreadable image' in capsys.readouterr().err
 
@@ -298,7 +308,7 @@ def test_non_utf8_file_name_is_skipped_with_a_warning(tmp_path, capsys):
     assert '\\xff_face.jpg' in err and 'not UTF-8' in err
     # the folder dataset leaves it out too: both split alike
     assert CelebADataset(str(folder), (16, 16), 'all').filenames == \
-        [k.decode() for k in LMDBImageDataset(str(out)).keys]
+        LMDBImageDataset(str(out)).names
 
 
 def test_failed_conversion_leaves_no_tmp_folder(tmp_path, monkeypatch):

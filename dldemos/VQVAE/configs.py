@@ -49,6 +49,11 @@ DEFAULTS = dict(
     lr_schedule_2='constant',  # the same for the prior's lr_2
     warmup=0.05,           # fraction of the steps the lr rises ('cosine',
                            # 'onecycle')
+    img_fit='auto',        # how an image is fitted to img_shape: 'crop'
+                           # (resize the short side, cut the centre),
+                           # 'stretch', 'celeba' (the tutorial's CenterCrop
+                           # 168 + Resize); 'auto': 'celeba' for CelebA(HQ),
+                           # 'crop' for your own images (MNIST: resized)
 )
 
 mnist_cfg1 = dict(dataset_type='MNIST',
@@ -231,8 +236,24 @@ celeba_cfg = dict(dataset_type='CelebA',
                   vqvae_path='model_celeba.pth',
                   gen_model_path='gen_model_celeba.pth')
 
+# 9: your own images: every image under --data-root (recursively, any format
+# PIL reads), fitted to 64x64 RGB (resize the short side, cut the centre),
+# with config 8's sizes and codebook options (which kept the codebook in use
+# on faces where the tutorial's training collapsed it). Class subfolders
+# make the prior class-conditional: n_classes='auto' takes their count from
+# the folder (a flat folder: unconditional); n_classes=None keeps a labelled
+# folder unconditional. img_shape=(1, H, W) trains on grey images; H and W
+# must be multiples of 4 (the VQ-VAE halves them twice).
+images_cfg = dict(celeba_cfg,
+                  dataset_type='ImageFolder',
+                  n_classes='auto',
+                  img_fit='crop',
+                  vqvae_path='model_images.pth',
+                  gen_model_path='gen_model_images.pth')
+
 cfgs = [mnist_cfg1, celebahq_cfg1, celebahq_cfg2, celebahq_cfg3, celebahq_cfg4,
-        mnist_quick_cfg, mnist_plus_cfg, mnist_plus_quick_cfg, celeba_cfg]
+        mnist_quick_cfg, mnist_plus_cfg, mnist_plus_quick_cfg, celeba_cfg,
+        images_cfg]
 # one line each, for --help and error messages
 CONFIG_NAMES = ['MNIST, the tutorial\'s run (GPU)',
                 'CelebAHQ 128x128, 64 codes (tutorial)',
@@ -243,7 +264,9 @@ CONFIG_NAMES = ['MNIST, the tutorial\'s run (GPU)',
                 'MNIST beyond the tutorial: tuned lr, conditional '
                 'prior (GPU)',
                 'config 6 sized for a CPU',
-                'CelebA faces 64x64 on a CPU (about 30 minutes)']
+                'CelebA faces 64x64 on a CPU (about 30 minutes)',
+                'your images (--data-root FOLDER; class subfolders: a '
+                'conditional prior) 64x64 on a CPU']
 
 
 # sized for a GPU: on a CPU they take hours to days

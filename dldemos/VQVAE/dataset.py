@@ -1,4 +1,5 @@
-"""Datasets of the tutorial: MNIST, CelebA and CelebAHQ image folders.
+"""Datasets of the tutorial (MNIST, CelebA and CelebAHQ image folders) and
+your own images (dataset_type 'ImageFolder': any folder, --data-root).
 
     python dldemos/VQVAE/dataset.py            # download MNIST, write previews
     python dldemos/VQVAE/dataset.py --data-root /path/to/data
@@ -10,7 +11,9 @@ with_labels=True gives (image, label) pairs instead (for a class-conditional
 prior; the tutorial's loaders give images only).
 Splits: MNIST uses its official train / test split. A CelebA(HQ) folder has no
 official split, so the last 10% of files by sorted name are held out as
-'test' and 'train' is the rest ('all' gives every file).
+'test' and 'train' is the rest ('all' gives every file). An ImageFolder
+holds out the last 10% of each class (image_folder.split_indices); its class
+subfolders give labels (with_labels) as MNIST's digits do.
 """
 import argparse
 import hashlib
@@ -26,6 +29,8 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
+import torchvision.transforms.functional as TF
+
 from dldemos.utils import image_folder
 from dldemos.utils.errors import DataError, UsageError, report_errors
 from dldemos.utils.image_folder import (  # noqa: F401 (re-exported)
@@ -35,13 +40,24 @@ DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
 CELEBA_DIR = 'celebA/img_align_celeba'
 CELEBA_HQ_DIR = 'celebA/celeba_hq_256'
-DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
+IMAGE_FOLDER = 'ImageFolder'  # your own images: --data-root is the folder
+DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ', IMAGE_FOLDER)
+# how an image is fitted to img_shape: 'auto' is the tutorial's CelebA crop
+# for CelebA(HQ) and 'crop' for your own images; MNIST is only resized
+FITS = ('auto', 'crop', 'stretch', 'celeba')
 DOWNLOAD_HINTS = {
     'CelebAHQ': 'download the archive from https://www.kaggle.com/datasets/'
     'badasstechie/celebahq-resized-256x256 and unpack its images',
     'CelebA': 'download img_align_celeba.zip from '
     'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and unpack its images',
 }
+
+
+def check_dataset_type(type):
+    """The one check of a dataset type (configs and get_dataset use it)."""
+    if type not in DATASET_TYPES:
+        raise UsageError(f'dataset_type={type!r}: use one of '
+                         f'{", ".join(DATASET_TYPES)}')
 
 
 def first_missing(path):
@@ -163,6 +179,112 @@ class CelebADataset(Dataset):
         return image_folder.decode_rgb(self.path(i))
 
 
+class CropFit:
+    """Resize so the image covers (H, W), keeping its aspect, then cut the
+    centre: the whole frame of a square image, the middle of a long one."""
+
+    def __init__(self, img_shape):
+        self.H, self.W = img_shape
+
+    def __call__(self, img):
+        w, h = img.size
+        scale = max(self.H / h, self.W / w)
+        size = [max(self.H, round(h * scale)), max(self.W, round(w * scale))]
+        img = TF.resize(img, size, antialias=True)
+        return TF.center_crop(img, [self.H, self.W])
+
+
+def fit_transform(img_shape, fit='auto', dataset_type=IMAGE_FOLDER):
+    """PIL image -> tensor [C, H, W] in [0, 1] fitted to img_shape (H, W)
+    by `fit` (FITS)."""
+    if fit not in FITS:
+        raise UsageError(f'img_fit={fit!r}: use one of {", ".join(FITS)}')
+    if fit == 'celeba' or (fit == 'auto' and dataset_type != IMAGE_FOLDER):
+        return celeba_transform(img_shape)
+    first = transforms.Resize(tuple(img_shape)) if fit == 'stretch' \
+        else CropFit(tuple(img_shape))
+    return transforms.Compose([first, transforms.ToTensor()])
+
+
+class ImageFolderDataset(Dataset):
+    """Your own images: every image under `root` (image_folder.scan_folder:
+    recursive, any format PIL reads), decoded to `channels` (1: grey, 3:
+    RGB; high bit depths scaled to 8 bits) and fitted to img_shape (H, W).
+    with_labels: (image, class index) of its first-level subfolder."""
+
+    def __init__(self, root, img_shape=(64, 64), split='train', channels=3,
+                 fit='auto', with_labels=False):
+        super().__init__()
+        self.root = root
+        self.folder = image_folder.scan_folder(root, 'your images')
+        if with_labels and self.folder.classes is None:
+            raise DataError(f'{root} has no class subfolders (two or more '
+                            'first-level folders holding the images): its '
+                            'images have no labels; set n_classes=None')
+        self.filenames, self.labels = self.folder.split(split)
+        self.classes = self.folder.classes
+        self.with_labels = with_labels
+        self.mode = 'L' if channels == 1 else 'RGB'
+        self.pipeline = fit_transform(tuple(img_shape), fit)
+        self.warned = set()
+
+    def __len__(self):
+        return len(self.filenames)
+
+    def __getitem__(self, index: int):
+        # a bad file is skipped (warned once) for the next one, its label
+        # coming along with it
+        img, i = image_folder.first_decodable(
+            index, len(self.filenames), self.decode, self.path, self.warned,
+            self.root, 'replace or remove them')
+        x = self.pipeline(img)  # [C, H, W]
+        return (x, self.labels[i]) if self.with_labels else x
+
+    def path(self, i):
+        return os.path.join(self.root, self.filenames[i])
+
+    def decode(self, i):
+        return image_folder.decode_image(self.path(i), self.mode), i
+
+
+def lmdb_path_of(data_root):
+    """The LMDB of your own images: --data-root itself when it is one (a
+    file, or a folder with data.mdb), else <data_root>.lmdb beside it."""
+    if os.path.isfile(data_root) or \
+            os.path.isfile(os.path.join(data_root, 'data.mdb')):
+        return data_root
+    return data_root.rstrip('/\\') + '.lmdb'
+
+
+def data_classes(type, data_root, use_lmdb=False):
+    """Class names of the dataset's labels (MNIST's digits, the class
+    subfolders of your images), or None when it has none."""
+    if type == 'MNIST':
+        return [str(d) for d in range(10)]
+    if type != IMAGE_FOLDER:
+        return None
+    if use_lmdb:
+        return open_lmdb(data_root, 'all').classes
+    return image_folder.scan_folder(data_root, 'your images').classes
+
+
+def open_lmdb(data_root, split, transform=None, mode='RGB',
+              with_labels=False):
+    """The LMDB dataset of your own images (see lmdb_path_of)."""
+    from dldemos.lmdb_loader import LMDBImageDataset, LMDBNotFound
+    path = lmdb_path_of(data_root)
+    try:
+        return LMDBImageDataset(path, split, transform, mode=mode,
+                                with_labels=with_labels)
+    except LMDBNotFound:
+        if os.path.exists(path):  # there, but unfinished or foreign
+            raise
+        raise DataError(
+            f'no LMDB at {data_root} or {path}: make it with `python '
+            f'dldemos/lmdb_loader.py {data_root} {path}`, or set '
+            'use_lmdb=False') from None
+
+
 def files_fingerprint(dataset):
     """A sha256 hex string of the files `dataset` reads, for caches of what
     was computed from them (the code cache): it changes when images are
@@ -182,6 +304,9 @@ def files_fingerprint(dataset):
     if isinstance(dataset, CelebADataset):
         return image_folder.files_fingerprint(dataset.root,
                                               dataset.filenames)
+    if isinstance(dataset, ImageFolderDataset):
+        return _sha256('folder:' + image_folder.files_fingerprint(
+            dataset.root, dataset.filenames) + f':{dataset.mode}')
     if isinstance(dataset, MNISTImageDataset):
         raw = dataset.mnist.raw_folder
         names = sorted(f for f in os.listdir(raw)
@@ -190,9 +315,12 @@ def files_fingerprint(dataset):
                        + image_folder.files_fingerprint(raw, names))
     from dldemos.lmdb_loader import LMDBImageDataset
     if isinstance(dataset, LMDBImageDataset):
-        st = os.stat(os.path.join(dataset.path, 'data.mdb'))
-        return _sha256(f'lmdb:{dataset.meta["names_sha256"]}:{st.st_size}:'
-                       f'{st.st_mtime_ns}:{dataset.split}')
+        from dldemos.lmdb_loader import data_file
+        st = os.stat(data_file(dataset.path))
+        names = dataset.meta.get('names_sha256') or \
+            image_folder.names_checksum(dataset.names)
+        return _sha256(f'lmdb:{names}:{st.st_size}:{st.st_mtime_ns}:'
+                       f'{dataset.split}:{dataset.mode}')
     return None
 
 
@@ -201,13 +329,22 @@ def _sha256(text):
 
 
 def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
-                use_lmdb=False, download=True, with_labels=False):
-    if type not in DATASET_TYPES:
-        raise ValueError(f'unknown dataset type {type!r}: use one of '
-                         f'{", ".join(DATASET_TYPES)}')
-    if with_labels and type != 'MNIST':
-        raise UsageError(f'{type} images have no labels: only MNIST can '
-                         'feed a class-conditional prior')
+                use_lmdb=False, download=True, with_labels=False,
+                channels=3, fit='auto'):
+    """The dataset of `type`; `channels` and `fit` (FITS) are for your own
+    images (ImageFolder), whose folder (or LMDB) is data_root itself."""
+    check_dataset_type(type)
+    if with_labels and type not in ('MNIST', IMAGE_FOLDER):
+        raise UsageError(f'{type} images have no labels: only MNIST and '
+                         'your own images in class subfolders can feed a '
+                         'class-conditional prior')
+    if type == IMAGE_FOLDER:
+        shape = tuple(img_shape or (64, 64))
+        if use_lmdb:
+            return open_lmdb(data_root, split, fit_transform(shape, fit),
+                             'L' if channels == 1 else 'RGB', with_labels)
+        return ImageFolderDataset(data_root, shape, split, channels, fit,
+                                  with_labels)
     if type == 'MNIST':
         if use_lmdb:
             raise UsageError('use_lmdb=True is for the CelebA and CelebAHQ '
@@ -227,8 +364,9 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
         path = folder + '.lmdb'
         try:
             return LMDBImageDataset(path, split=split,
-                                    transform=celeba_transform(
-                                        kwargs.get('img_shape', (64, 64))),
+                                    transform=fit_transform(
+                                        kwargs.get('img_shape', (64, 64)),
+                                        fit, type),
                                     expect_type=type)
         except LMDBNotFound:
             if os.path.exists(path):  # there, but unfinished or foreign
@@ -238,7 +376,10 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
                 'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with '
                 f'the celebA/ folders> --lmdb-root {data_root}` or set '
                 'use_lmdb=False') from None
-    return CelebADataset(folder, split=split, dataset_type=type, **kwargs)
+    dataset = CelebADataset(folder, split=split, dataset_type=type, **kwargs)
+    if fit not in ('auto', 'celeba'):
+        dataset.pipeline = fit_transform(dataset.img_shape, fit, type)
+    return dataset
 
 
 def get_dataloader(type,
@@ -255,6 +396,8 @@ def get_dataloader(type,
                    pin_memory=False,
                    download=True,
                    with_labels=False,
+                   channels=3,
+                   fit='auto',
                    **kwargs):
     """The tutorial's loader factory, plus data root, split and subset;
     with_labels (MNIST): batches of (images, labels) instead of images.
@@ -266,7 +409,7 @@ def get_dataloader(type,
     a resumed run sees the same batches as an uninterrupted one.
     """
     dataset = get_dataset(type, img_shape, data_root, split, use_lmdb,
-                          download, with_labels)
+                          download, with_labels, channels, fit)
     if subset is not None:
         dataset = Subset(dataset, range(min(int(subset), len(dataset))))
     if isinstance(getattr(dataset, 'dataset', dataset), MNISTImageDataset) \

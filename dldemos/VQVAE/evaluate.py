@@ -463,7 +463,8 @@ def check_args(args):
 def run(args):
     configure_threads(args.threads)
     check_args(args)
-    cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
+    cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed),
+                   args.data_root)
     ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,
                      args.data_root, args.seed)
     log(f'device: {ctx.device}')

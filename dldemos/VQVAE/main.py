@@ -181,7 +181,8 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
 def run(args, argv):
     configure_threads(args.threads)
     stages = parse_stages(args.stages)
-    cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
+    cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed),
+                   args.data_root)
     ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,
                      args.data_root, args.seed, args.resume)
     # every check that can fail runs before the work dir is written to

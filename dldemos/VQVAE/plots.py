@@ -43,7 +43,7 @@ def save_grid(imgs, path, dataset_type, n_rows=None):
     imgs = (imgs.clip(0, 1) * 255).detach().cpu()
     imgs = einops.rearrange(imgs, '(n1 n2) c h w -> (n1 h) (n2 w) c', n1=n1)
     imgs = imgs.numpy().astype(np.uint8)
-    if dataset_type == 'CelebA' or dataset_type == 'CelebAHQ':
+    if imgs.shape[-1] == 3:  # RGB (faces, your images) -> cv2's BGR
         imgs = cv2.cvtColor(imgs, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(path, imgs):
         raise UsageError(f'could not write {path}: check the work dir')

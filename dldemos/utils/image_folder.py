@@ -8,8 +8,14 @@ same train / test split.
 
 A folder has no official split: the last 10% of the readable files by sorted
 name are held out as 'test', 'train' is the rest, 'all' gives every file.
+
+Your own images (scan_folder): every file PIL can open, found recursively;
+when the images sit in first-level subfolders, each subfolder is a class (as
+torchvision's ImageFolder), and the last 10% of each class by sorted path is
+held out, so every class with two or more images has held-out images.
 """
 import hashlib
+import math
 import os
 import sys
 import warnings
@@ -68,10 +74,43 @@ def open_image(fp):
 def decode_rgb(fp):
     """The decoded RGB image of a file path or file object (raises one of
     UNREADABLE for a bad file)."""
+    return decode_image(fp, 'RGB')
+
+
+def decode_image(fp, mode='RGB'):
+    """The decoded image of a file path or file object in `mode` ('RGB' or
+    'L'), high bit depths scaled to 8 bits (to_8bit); raises one of
+    UNREADABLE for a bad file."""
     with warnings.catch_warnings():
         warnings.simplefilter('error', Image.DecompressionBombWarning)
         with Image.open(fp) as img:
-            return img.convert('RGB')  # decodes now, before the file closes
+            # decodes now, before the file closes
+            return to_8bit(img).convert(mode)
+
+
+def to_8bit(img):
+    """16-bit, 32-bit integer and float grey images scaled to 8-bit 'L'
+    (other modes as they are). PIL's convert() clips such values at 255,
+    which turns a 16-bit photo white. Values already in 0-255 stay; 16-bit
+    ranges (integers up to 65535) scale by 255 / 65535; floats in [0, 1] by
+    255; anything else is stretched from its own minimum and maximum."""
+    if img.mode.startswith('I;16'):
+        img = img.convert('I')
+    if img.mode not in ('I', 'F'):
+        return img
+    lo, hi = img.getextrema()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f'{img.mode} image with non-finite pixel values')
+    if img.mode == 'F' and 0 <= lo and hi <= 1:
+        scale, offset = 255.0, 0.0
+    elif 0 <= lo and hi <= 255:
+        scale, offset = 1.0, 0.0
+    elif img.mode == 'I' and 0 <= lo and hi <= 65535:
+        scale, offset = 255 / 65535, 0.0
+    else:
+        scale = 255 / (hi - lo)
+        offset = -lo * scale
+    return img.point(lambda v: v * scale + offset).convert('L')
 
 
 _readable = {}  # (folder, names) -> readable names: checked once a process
@@ -169,6 +208,8 @@ def first_decodable(index, count, read, name_of, warned, where, remedy):
         i = (index + k) % count
         try:
             return read(i)
+        except DataError:  # the store itself is bad, not this image
+            raise
         except UNREADABLE as e:
             name = name_of(i)
             if name not in warned:
@@ -184,3 +225,176 @@ def dataset_files(root, split='all', label='images', hint=DEFAULT_HINT):
     the split. The folder dataset reads these and the LMDB conversion stores
     dataset_files(root, 'all'), so both split alike."""
     return split_files(readable_images(root, label, hint), split)
+
+
+# ------------------------------------------------------------ your own images
+def image_extensions():
+    """Every file extension PIL registers a reader for ('.jpg', '.png',
+    '.tif', '.gif', '.webp', ...; not the formats it can only write)."""
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions()
+                        .items() if fmt in Image.OPEN))
+
+
+def _walk(root, rel, exts, out):
+    """Relative paths ('a/b.png') of the image files under root/rel, by
+    extension only (no file is opened: a folder of 100,000 images lists in
+    a second). Hidden folders (.git, .ipynb_checkpoints) are left out."""
+    with os.scandir(os.path.join(root, rel) if rel else root) as it:
+        entries = list(it)
+    for e in entries:
+        name = f'{rel}/{e.name}' if rel else e.name
+        if e.is_dir():
+            if not e.name.startswith('.'):
+                _walk(root, name, exts, out)
+        elif e.name.lower().endswith(exts) and e.is_file():
+            out.append(name)
+
+
+class Folder:
+    """What scan_folder found: `names` (sorted relative paths), `labels`
+    (class index per name, or None for a flat folder) and `classes` (the
+    class folder names, or None)."""
+
+    def __init__(self, root, names, labels=None, classes=None):
+        self.root, self.names = root, names
+        self.labels, self.classes = labels, classes
+
+    def split(self, split):
+        """(names, labels or None) of 'train', 'test' or 'all'."""
+        idx = split_indices(self.labels or [0] * len(self.names), split)
+        return ([self.names[i] for i in idx],
+                None if self.labels is None else
+                [self.labels[i] for i in idx])
+
+
+_scanned = {}  # (absolute root, _folder_times) -> Folder
+
+
+def _folder_times(root):
+    """mtimes of root and its first-level folders: a file added or removed
+    there (or in a class folder) lists the folder again."""
+    try:
+        with os.scandir(root) as it:
+            subdirs = sorted((e.name, e.stat().st_mtime_ns) for e in it
+                             if e.is_dir())
+        return os.stat(root).st_mtime_ns, tuple(subdirs)
+    except OSError:
+        return None
+
+
+def scan_folder(root, label='images'):
+    """The images under `root` (recursively, any format PIL reads), with
+    classes when they sit in first-level subfolders: a Folder. A DataError
+    in one line when root is not a folder or holds no image file."""
+    if os.path.isfile(root):
+        raise DataError(f'--data-root {root} is a file: give the folder that '
+                        'holds your images (or, with use_lmdb=True, an LMDB)')
+    if not os.path.isdir(root):
+        raise DataError(f'{label} not found: {root} does not exist; pass '
+                        'the folder that holds them as --data-root')
+    key = (os.path.abspath(root), _folder_times(root))
+    if key in _scanned:
+        return _scanned[key]
+    names = []
+    try:
+        _walk(root, '', image_extensions(), names)
+    except OSError as e:
+        raise DataError(f'{label}: could not list {e.filename or root} '
+                        f'({e.strerror or e}); check its permissions') \
+            from None
+    if not all(map(utf8_ok, names)):
+        names = _drop_non_utf8(names, root)
+    if not names:
+        raise DataError(f'{root} holds no image file (none of '
+                        f'{len(image_extensions())} extensions PIL reads, '
+                        'e.g. .jpg .png .tif, in it or its subfolders): '
+                        'pass the folder with your images as --data-root')
+    names.sort()
+    check_one_readable(root, names)
+    folder = classify(root, names)
+    single = single_image_classes(folder)
+    if single:
+        warn(f'{len(single)} class(es) of {root} have one image, which '
+             f'cannot be held out (used for training only): '
+             f'{", ".join(map(printable, single[:5]))}'
+             + (' ...' if len(single) > 5 else ''))
+    if not folder.split('test')[0]:
+        raise DataError(f'{root} has {len(names)} image(s), too few to hold '
+                        'any out for scoring: add images (two or more per '
+                        'class)')
+    _scanned[key] = folder
+    return folder
+
+
+def check_one_readable(root, names):
+    """A DataError unless some file's header opens. Files are tried in
+    order, so a good folder costs one open; the others are found (and
+    skipped with a warning) when they are read."""
+    for name in names:
+        try:
+            with open_image(os.path.join(root, name)) as img:
+                img.size  # reads the header only
+            return
+        except Exception:  # PIL raises many kinds on bad files
+            continue
+    raise DataError(f'none of the {len(names)} image files under {root} can '
+                    f'be read (e.g. {printable(names[0])}): put readable '
+                    'images there')
+
+
+def _drop_non_utf8(names, root):
+    bad = [n for n in names if not utf8_ok(n)]
+    warn(f'skipping {len(bad)} image file(s) in {root} whose names are not '
+         f'UTF-8, e.g. {printable(bad[0])}: rename them to use them')
+    return [n for n in names if utf8_ok(n)]
+
+
+def classify(root, names, quiet=False):
+    """A labelled Folder when every image sits in a first-level subfolder
+    and there are two or more of them; else a flat one (one subfolder is
+    no choice of class; images at the top level beside subfolders make the
+    classes ambiguous, said in a warning)."""
+    tops = sorted({n.split('/', 1)[0] for n in names if '/' in n})
+    at_top = sum('/' not in n for n in names)
+    if len(tops) < 2:
+        return Folder(root, names)
+    if at_top:
+        if not quiet:
+            warn(f'{root} has {at_top} image(s) at its top level beside the '
+                 f'subfolders {printable(tops[0])}, ...: using all images '
+                 'without classes (move them into class subfolders for a '
+                 'class-conditional prior)')
+        return Folder(root, names)
+    index = {c: i for i, c in enumerate(tops)}
+    labels = [index[n.split('/', 1)[0]] for n in names]
+    return Folder(root, names, labels, tops)
+
+
+def split_indices(labels, split):
+    """Indices (into sorted names) of `split` per class: the last
+    HELD_OUT_FRACTION of each class is 'test' (at least one image of each
+    class that has two or more), the rest 'train', 'all' every index."""
+    if split not in ('train', 'test', 'all'):
+        raise ValueError(f"unknown split {split!r}: use 'train', 'test' or "
+                         "'all'")
+    by_class = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    out = []
+    for idx in by_class.values():
+        n_test = max(1, int(round(len(idx) * HELD_OUT_FRACTION))) \
+            if len(idx) > 1 else 0
+        out += {'train': idx[:len(idx) - n_test],
+                'test': idx[len(idx) - n_test:], 'all': idx}[split]
+    return sorted(out)
+
+
+def single_image_classes(folder):
+    """Names of the classes of a Folder with one image (none held out)."""
+    if folder.classes is None:
+        return []
+    counts = [0] * len(folder.classes)
+    for y in folder.labels:
+        counts[y] += 1
+    return [c for c, n in zip(folder.classes, counts) if n == 1]

@@ -29,7 +29,8 @@ def image_loader(ctx, batch_size, split='train', *, subset=None,
                  shuffle=True, sharded=False, with_labels=False):
     """(loader, sampler) over the config's images of `split`; the sampler
     has set_epoch. `sharded`: each rank reads its own part (training).
-    `with_labels` (MNIST): batches of (images, labels)."""
+    `with_labels` (MNIST, your images in class subfolders): batches of
+    (images, labels)."""
     cfg = ctx.cfg
     out = get_dataloader(cfg['dataset_type'], batch_size,
                          img_shape=tuple(cfg['img_shape'][1:]),
@@ -39,8 +40,14 @@ def image_loader(ctx, batch_size, split='train', *, subset=None,
                          split=split, subset=subset, shuffle=shuffle,
                          seed=ctx.seed,
                          pin_memory=ctx.device.type == 'cuda',
-                         with_labels=with_labels)
+                         with_labels=with_labels, **data_options(cfg))
     return out if sharded else (out, out.sampler)
+
+
+def data_options(cfg):
+    """get_dataset's keywords for how images are read: channels (your own
+    images: 1 grey, 3 RGB) and how they are fitted to img_shape."""
+    return {'channels': cfg['img_shape'][0], 'fit': cfg['img_fit']}
 
 
 def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
@@ -61,6 +68,7 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
 
     key = {'dataset_type': cfg['dataset_type'],
            'img_shape': list(cfg['img_shape']), 'split': split,
+           'img_fit': cfg['img_fit'],
            'subset': subset, 'use_lmdb': cfg['use_lmdb'],
            'data_root': os.path.abspath(ctx.data_root)}
     out = code_cache.load_or_build(
@@ -98,7 +106,8 @@ def check_data(ctx, stages):
     cfg = ctx.cfg
     for split in splits_needed(cfg, stages):
         get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
-                    ctx.data_root, split, cfg['use_lmdb'])
+                    ctx.data_root, split, cfg['use_lmdb'],
+                    **data_options(cfg))
 
 
 def prior_loader(ctx, vqvae):
@@ -133,6 +142,7 @@ def preview_images(ctx):
     draw from the global RNG and change the training run)."""
     cfg = ctx.cfg
     dataset = get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
-                          ctx.data_root, 'test', cfg['use_lmdb'])
+                          ctx.data_root, 'test', cfg['use_lmdb'],
+                          **data_options(cfg))
     n = min(cfg['n_preview'], len(dataset))
     return torch.stack([dataset[i] for i in range(n)])  # [n, C, H, W]

@@ -12,15 +12,18 @@ import sys
 
 from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
+from dldemos.VQVAE.dataset import (FITS, IMAGE_FOLDER, check_dataset_type,
+                                   data_classes)
 from dldemos.VQVAE.training.lr_schedule import SCHEDULES
 
-DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 SAMPLER_NAMES = ('cached', 'naive')
 # Largest image side we accept: the VQ-VAE's activations grow with H * W, and
 # a typo such as (3, 6400, 6400) would otherwise end in the kernel's OOM kill.
 MAX_IMG_SIDE = 1024
-# classes of the datasets with labels (a class-conditional prior needs them)
+# classes of the datasets with labels (a class-conditional prior needs them;
+# your own images: as many as class subfolders, resolve_classes)
 N_CLASSES = {'MNIST': 10}
+AUTO = 'auto'  # n_classes of config 9: the count of class subfolders
 # checkpoint paths of the two stages; their resume points and code caches sit
 # beside them, so two equal paths would overwrite each other's files
 PATH_KEYS = ('vqvae_path', 'gen_model_path')
@@ -73,7 +76,10 @@ def apply_overrides(cfg, options):
             raise UsageError(f'unknown config key {key!r}; valid keys: '
                              f'{", ".join(sorted(cfg))}')
         try:
-            cfg[key] = parse_value(text, cfg[key])
+            # n_classes is None, a number or 'auto': None is no type to
+            # parse to, so 'None' and '10' are read as literals
+            cfg[key] = parse_value(text, None if key == 'n_classes'
+                                   else cfg[key])
         except ValueError as e:
             raise UsageError(f'bad value for {key}: {e}') from None
 
@@ -84,12 +90,16 @@ def check_img_shape(cfg):
     """The VQ-VAE halves H and W twice and the data has a fixed channel
     count: anything else fails deep inside training, so say it up front."""
     shape = cfg['img_shape']
-    channels = 1 if cfg['dataset_type'] == 'MNIST' else 3
-    if len(shape) != 3 or shape[0] != channels or shape[1] % 4 \
+    channels = {'MNIST': (1,), IMAGE_FOLDER: (1, 3)}.get(
+        cfg['dataset_type'], (3,))
+    if not isinstance(shape, (tuple, list)) or len(shape) != 3 \
+            or not all(_is_int(v) for v in shape) \
+            or shape[0] not in channels or shape[1] % 4 \
             or shape[2] % 4 or min(shape[1:]) < 4:
-        raise UsageError(f'img_shape {tuple(shape)} does not fit: use '
-                         f'({channels}, H, W) for {cfg["dataset_type"]} '
-                         'with H and W multiples of 4')
+        use = ' or '.join(f'({c}, H, W)' for c in channels)
+        raise UsageError(f'img_shape {tuple(shape)} does not fit: use {use} '
+                         f'for {cfg["dataset_type"]} with H and W multiples '
+                         'of 4 (the VQ-VAE halves them twice)')
     if max(shape[1:]) > MAX_IMG_SIDE:
         raise UsageError(f'img_shape {tuple(shape)} is larger than '
                          f'{MAX_IMG_SIDE} pixels a side, which would exhaust '
@@ -106,7 +116,7 @@ INT_RULES = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
                'save_every'), False, 1),
              (('n_epochs', 'n_epochs_2', 'pixelcnn_n_blocks', 'num_workers',
                'preview_every', 'n_preview'), False, 0),
-             (('train_subset', 'top_k', 'n_classes'), True, 1),
+             (('train_subset', 'top_k'), True, 1),
              (('eval_subset',), True, 0)]
 
 
@@ -130,8 +140,9 @@ def check_ranges(cfg):
     if not math.isfinite(cfg['temperature']):
         raise UsageError(f'temperature={cfg["temperature"]!r}: use a finite '
                          'number > 0')
+    check_dataset_type(cfg['dataset_type'])
     for k, valid in (('sampler', SAMPLER_NAMES),
-                     ('dataset_type', DATASET_TYPES),
+                     ('img_fit', FITS),
                      ('lr_schedule', SCHEDULES),
                      ('lr_schedule_2', SCHEDULES)):
         if cfg[k] not in valid:
@@ -149,6 +160,14 @@ def check_n_classes(cfg):
     n, dataset = cfg['n_classes'], cfg['dataset_type']
     if n is None:
         return
+    if dataset == IMAGE_FOLDER:
+        if n != AUTO and not (_is_int(n) and n >= 2):
+            raise UsageError(f'n_classes={n!r}: use {AUTO!r} (the class '
+                             'subfolders of --data-root), their count, or '
+                             'None (an unconditional prior)')
+        return
+    if not _is_int(n) or n < 1:
+        raise UsageError(f'n_classes={n!r}: use an integer >= 1 or None')
     if dataset not in N_CLASSES:
         raise UsageError(f'n_classes={n}: {dataset} images have no labels, '
                          'so the prior cannot be class-conditional: set '
@@ -190,10 +209,33 @@ def check_paths(cfg):
                          'overwrite each other): give them different names')
 
 
-def load_cfg(config_id, options=(), seed=0):
+def resolve_classes(cfg, data_root):
+    """Your own images: n_classes 'auto' becomes the count of class
+    subfolders of data_root (None for a flat folder) and class_names their
+    names, recorded in config.json and the resume points; a number given
+    must match the folder. Other datasets are left as they are."""
+    if cfg['dataset_type'] != IMAGE_FOLDER:
+        return cfg
+    n = cfg['n_classes']
+    classes = None if n is None else \
+        data_classes(IMAGE_FOLDER, data_root, cfg['use_lmdb'])
+    if n not in (None, AUTO) and classes is None:
+        raise UsageError(f'n_classes={n}: {data_root} has no class '
+                         'subfolders (two or more first-level folders '
+                         "holding the images): set n_classes='auto' or None")
+    if n not in (None, AUTO) and n != len(classes):
+        raise UsageError(f'n_classes={n}: {data_root} has {len(classes)} '
+                         "class subfolders: set n_classes='auto' or None")
+    cfg['n_classes'] = None if classes is None else len(classes)
+    cfg['class_names'] = classes
+    return cfg
+
+
+def load_cfg(config_id, options=(), seed=0, data_root=None):
     """Config `config_id` with `options` (KEY=VALUE strings) applied, checked.
     The seed is recorded in it: it decides the data order, so a mid-epoch
-    resume must use the same one."""
+    resume must use the same one. With `data_root`, the classes of your own
+    images are resolved (resolve_classes)."""
     try:
         cfg = get_cfg(config_id)
     except ValueError as e:
@@ -205,6 +247,8 @@ def load_cfg(config_id, options=(), seed=0):
     check_img_shape(cfg)
     check_n_classes(cfg)
     check_paths(cfg)
+    if data_root is not None:
+        resolve_classes(cfg, data_root)
     # the last of repeated keys wins, as in most CLIs; said (once the config
     # is known to be valid), since one of the two is often a typo
     keys = [o.split('=', 1)[0] for o in options]

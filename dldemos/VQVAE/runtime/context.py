@@ -127,8 +127,14 @@ def announce(ctx, config_id, stages):
     if ctx.device.type == 'cpu' and config_id in GPU_CONFIGS:
         log('note: this config is sized for a GPU: on a 2-core CPU '
             'config 0 takes about 7 hours, configs 1-4 days. '
-            '`-c 5` or `-c 7` (MNIST) and `-c 8` (faces) run all four '
-            'stages on a CPU')
+            '`-c 5` or `-c 7` (MNIST), `-c 8` (faces) and `-c 9` (your '
+            'images) run all four stages on a CPU')
+    if cfg['dataset_type'] == 'ImageFolder':
+        names = cfg.get('class_names')
+        log(f'your images: {ctx.data_root}, ' + (
+            f'{len(names)} classes ({", ".join(names[:8])}'
+            f'{", ..." if len(names) > 8 else ""}): a class-conditional '
+            'prior' if names else 'no classes: an unconditional prior'))
 
 
 def seed_everything(seed):

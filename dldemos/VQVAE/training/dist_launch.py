@@ -67,7 +67,8 @@ def launch(train, stage, doc, argv=None):
         if 'RANK' not in os.environ:
             raise UsageError('not launched by torchrun: run '
                              f'`torchrun --nproc_per_node=N {argv[0]} ...`')
-        cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
+        cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed),
+                       args.data_root)
         device = setup_distributed('cpu' if args.device == 'cpu' else None)
         ctx = RunContext(cfg, device, args.work_dir, args.data_root,
                          args.seed, args.resume)
