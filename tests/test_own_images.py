@@ -498,3 +498,46 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     assert err.startswith('error: ') and '\n' not in err, err
     assert words in err, err
     assert not work.exists()
+
+
+# ------------------------------------------------------------ classifier
+def test_the_folder_classifier_is_trained_once_and_cached(tmp_path):
+    from dldemos.VQVAE.scoring import mnist_classifier as clf
+    root = labelled_folder(tmp_path / 'lab')
+    cfg = load_cfg(9, ['img_shape=(3,16,16)'], 0, str(root))
+    logs = []
+    model, info = clf.load_or_train(tmp_path, str(root), 'cpu', 1, None,
+                                    logs.append, cfg)
+    assert (tmp_path / clf.FOLDER_CKPT_NAME).is_file() and len(logs) == 2
+    assert 0 <= info['test_accuracy'] <= 1
+    assert info['settings']['classes'] == ['cats', 'dogs', 'owls']
+    feats, probs = clf.predict(model, torch.rand(4, 3, 16, 16), 'cpu')
+    assert feats.shape == (4, 128) and probs.shape == (4, 3)
+    clf.load_or_train(tmp_path, str(root), 'cpu', 1, None, logs.append, cfg)
+    assert len(logs) == 2  # cached
+    (root / 'dogs' / '001.png').unlink()  # other files: trained again
+    clf.load_or_train(tmp_path, str(root), 'cpu', 1, None, logs.append, cfg)
+    assert len(logs) == 4
+
+
+@pytest.mark.parametrize('shape', [(1, 28, 28), (3, 64, 64), (3, 256, 128)])
+def test_the_classifier_takes_any_image_shape(shape):
+    from dldemos.VQVAE.scoring.mnist_classifier import Classifier
+    model = Classifier(n_classes=5, in_channels=shape[0], img_hw=shape[1:])
+    assert model(torch.rand(2, *shape)).shape == (2, 5)
+    # the feature layer stays small for large images
+    assert model.fc.in_features <= 64 * 8 * 8
+
+
+def test_config_9_trains_from_a_tutorial_lmdb(tmp_path):
+    root = labelled_folder(tmp_path / 'lab', {'a': 5, 'b': 5})
+    out = tmp_path / 'lab.lmdb'
+    folder2lmdb(str(root), str(out))  # single file, labels in the names
+    run_main(out, tmp_path / 'w', [*TINY, 'use_lmdb=True'])
+    cfg = json.loads((tmp_path / 'w' / 'config.json').read_text())
+    assert cfg['class_names'] == ['a', 'b']
+    flat = flat_folder(tmp_path / 'flat', 8)
+    tutorial_folder2lmdb(str(flat), str(tmp_path / 'flat.lmdb'))
+    # --data-root the folder: its LMDB beside it, <folder>.lmdb
+    run_main(flat, tmp_path / 'w2', [*TINY, 'use_lmdb=True'], '1')
+    assert (tmp_path / 'w2' / 'model_images.pth').is_file()
