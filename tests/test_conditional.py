@@ -15,7 +15,8 @@ from dldemos.VQVAE.loading import code_cache
 from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.runtime.build import build_models
-from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE.runtime.files import load_file, load_model
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.context import RunContext
 from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 from dldemos.VQVAE.loading.loaders import code_loader

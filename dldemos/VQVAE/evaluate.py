@@ -31,8 +31,9 @@ from dldemos.utils.errors import CheckpointError, UsageError, report_errors
 from dldemos.utils.threads import configure_threads
 from dldemos.VQVAE.scoring import mnist_classifier
 from dldemos.VQVAE.runtime.build import build_models
-from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_file, load_model,
-                                      plain, resume_path)
+from dldemos.VQVAE.runtime.files import (file_sha256, load_file, load_model,
+                                         plain)
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.cli import add_common_args, check_seed, pick_device
 from dldemos.VQVAE.runtime.config_check import load_cfg
 from dldemos.VQVAE.runtime.context import (RunContext, prior_is_stale,

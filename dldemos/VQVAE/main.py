@@ -31,7 +31,7 @@ from dldemos.utils.dist_utils import get_world_size, is_dist
 from dldemos.utils.errors import report_errors
 from dldemos.utils.threads import configure_threads
 from dldemos.VQVAE.runtime.build import autocast, build_models, prepare_for_training
-from dldemos.VQVAE.runtime.checkpoint import file_sha256
+from dldemos.VQVAE.runtime.files import file_sha256
 from dldemos.VQVAE.training.codebook import CodebookTrainer
 from dldemos.VQVAE.runtime.cli import (add_common_args, check_seed, parse_stages,
                                pick_device)

@@ -15,9 +15,9 @@ import torch
 
 from dldemos.utils.dist_utils import get_rank, is_main
 from dldemos.utils.errors import UsageError
-from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_model, plain,
-                                      read_provenance, resume_path,
-                                      write_text_atomic)
+from dldemos.VQVAE.runtime.files import (file_sha256, load_model, plain,
+                                         write_text_atomic)
+from dldemos.VQVAE.runtime.resume_point import read_provenance, resume_path
 from dldemos.VQVAE.configs import CONFIG_NAMES, GPU_CONFIGS
 from dldemos.VQVAE.runtime.logs import log
 from dldemos.VQVAE.runtime.work_lock import lock_work_dir

@@ -5,7 +5,7 @@ import os
 import time
 
 from dldemos.utils.dist_utils import is_main
-from dldemos.VQVAE.runtime.checkpoint import plain
+from dldemos.VQVAE.runtime.files import plain
 
 
 def log(*args):

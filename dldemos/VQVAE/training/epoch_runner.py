@@ -35,9 +35,11 @@ from tqdm import tqdm
 from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
 from dldemos.utils.errors import Interrupted, NonFiniteLoss, UsageError
-from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint, load_training_state,
-                                      resume_path, rng_state, save_atomic,
-                                      save_training_state)
+from dldemos.VQVAE.runtime.files import save_atomic
+from dldemos.VQVAE.runtime.resume_point import (StaleResumePoint,
+                                                load_training_state,
+                                                resume_path, rng_state,
+                                                save_training_state)
 from dldemos.VQVAE.runtime.logs import append_jsonl, log, start_jsonl
 from dldemos.VQVAE.plots import update_loss_plot
 
