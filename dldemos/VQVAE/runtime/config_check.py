@@ -12,7 +12,7 @@ import sys
 
 from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.training.lr_schedule import SCHEDULES
+from dldemos.utils.lr_schedule import SCHEDULES
 
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 SAMPLER_NAMES = ('cached', 'naive')

@@ -28,6 +28,23 @@ def write_text_atomic(path, text):
     write_atomic(path, 'w', lambda f: f.write(text))
 
 
+def write_bytes_atomic(path, data):
+    """Write an encoded image (or any bytes) the same way."""
+    write_atomic(path, 'wb', lambda f: f.write(data))
+
+
+def append_text_atomic(path, text):
+    """Append to a small text file (a JSONL log, command.txt) by writing the
+    old content plus `text` anew: a crash leaves the old file or the new
+    one, never a torn last line."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ''
+    write_text_atomic(path, old + text)
+
+
 def write_atomic(path, mode, write):
     """Call write(f) on a temp file opened with `mode`, then rename it to
     path; errors of the disk become one-line CheckpointErrors."""
@@ -37,7 +54,11 @@ def write_atomic(path, mode, write):
     try:
         os.makedirs(folder, exist_ok=True)
         remove_stale_temps(folder, name)
-        with open(tmp, mode) as f:
+        # text as UTF-8 whatever the locale; surrogateescape writes a path
+        # that is not UTF-8 (command.txt) back as the bytes it came from
+        text = {} if 'b' in mode else {'encoding': 'utf-8',
+                                       'errors': 'surrogateescape'}
+        with open(tmp, mode, **text) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
