@@ -23,7 +23,7 @@ from dldemos.VQVAE import main as vq_main
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import (CropFit, ImageFolderDataset,
                                    files_fingerprint, get_dataset)
-from dldemos.VQVAE.runtime.checkpoint import resume_path
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.config_check import load_cfg
 
 RNG = np.random.default_rng(0)

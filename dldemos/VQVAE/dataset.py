@@ -247,6 +247,12 @@ class ImageFolderDataset(Dataset):
         return image_folder.decode_image(self.path(i), self.mode), i
 
 
+def data_options(cfg):
+    """get_dataset's keywords for how a config's images are read: channels
+    (your own images: 1 grey, 3 RGB) and how they are fitted to img_shape."""
+    return {'channels': cfg['img_shape'][0], 'fit': cfg['img_fit']}
+
+
 def lmdb_path_of(data_root):
     """The LMDB of your own images: --data-root itself when it is one (a
     file, or a folder with data.mdb), else <data_root>.lmdb beside it."""

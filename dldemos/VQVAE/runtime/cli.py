@@ -11,7 +11,7 @@ from dldemos.VQVAE.configs import describe_configs
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
-def add_common_args(parser, resume=True):
+def add_common_args(parser, resume=True, stages=False):
     parser.add_argument('-c', type=int, default=0, metavar='ID',
                         help='config id (default: 0): ' + describe_configs())
     parser.add_argument('-d', type=int, default=0, metavar='N',
@@ -37,6 +37,11 @@ def add_common_args(parser, resume=True):
     parser.add_argument('--seed', type=int, default=0, metavar='N',
                         help='random seed, 0 to 2^63-1 (default: '
                         '%(default)s)')
+    if stages:  # main.py
+        parser.add_argument('--stages', default='1,2,3,4', metavar='LIST',
+                            help='comma-separated subset of 1,2,3,4 to run: '
+                            '1 train VQ-VAE, 2 reconstruct, 3 train prior, '
+                            '4 sample (default: %(default)s)')
     if resume:
         parser.add_argument('--resume', action='store_true',
                             help='continue training from the resume points '

@@ -14,7 +14,7 @@ from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import (FITS, IMAGE_FOLDER, check_dataset_type,
                                    data_classes)
-from dldemos.VQVAE.training.lr_schedule import SCHEDULES
+from dldemos.utils.lr_schedule import SCHEDULES
 
 SAMPLER_NAMES = ('cached', 'naive')
 # Largest image side we accept: the VQ-VAE's activations grow with H * W, and

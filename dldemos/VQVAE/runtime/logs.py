@@ -4,13 +4,19 @@ import json
 import os
 import time
 
-from dldemos.utils.dist_utils import is_main
-from dldemos.VQVAE.runtime.checkpoint import plain
+from dldemos.utils.dist_utils import get_world_size, is_dist, is_main
+from dldemos.VQVAE.runtime.files import plain
 
 
 def log(*args):
     if is_main():
         print(*args, flush=True)
+
+
+def log_batch_size(batch_size):
+    """Under torchrun batch_size is per process: say the effective batch."""
+    log(f'batch size: {batch_size}' + (f' x {get_world_size()} ranks'
+                                       if is_dist() else ''))
 
 
 STAGE_LINE = 'stage {k} ({name}) took {seconds:.1f} s'

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dldemos.VQVAE.runtime.checkpoint import load_model, save_atomic
+from dldemos.VQVAE.runtime.files import load_model, save_atomic
 from dldemos.VQVAE.dataset import files_fingerprint, get_dataset
 
 CKPT_NAME = 'mnist_classifier.pth'

@@ -1,0 +1,172 @@
+"""The resume point: what continuing a stopped stage needs, beside its model file.
+
+A model checkpoint is a plain state dict (what the tutorial's code saves and
+loads). Beside it, `<name>.resume.pth` holds a copy of the weights, the
+optimizer, next epoch and batch, RNG states, the resolved config and any
+extra training state (codebook statistics), all as plain types so that
+`torch.load(..., weights_only=True)` reads it.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+
+from dldemos.utils.dist_utils import get_world_size
+from dldemos.utils.errors import CheckpointError
+from dldemos.VQVAE.runtime.files import (check_state_dict, load_file, plain,
+                                         save_atomic)
+
+
+def resume_path(ckpt_path):
+    root, ext = os.path.splitext(ckpt_path)
+    return f'{root}.resume{ext or ".pth"}'
+
+def rng_state():
+    """Every RNG a run draws from, as types weights_only loading accepts."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {'torch': torch.get_rng_state(),
+            'cuda': (torch.cuda.get_rng_state_all()
+                     if torch.cuda.is_available() else []),
+            'numpy': [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            'python': plain(random.getstate())}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    set_cuda_rng_states(state.get('cuda') or [])
+    keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state(('MT19937', np.array(keys, dtype=np.uint32), pos,
+                         has_gauss, gauss))
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def set_cuda_rng_states(states):
+    """Restore one state per visible GPU. A run resumed on fewer GPUs (or
+    none) than it was saved on skips the states of the missing ones, which
+    torch.cuda.set_rng_state_all would fail on."""
+    if not states or not torch.cuda.is_available():
+        return
+    for index, s in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(s, index)
+
+def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
+                        sums=None, rng=None, provenance=None, extra=None):
+    """Write the model (plain state dict) and its resume point, atomically.
+
+    Resuming starts at batch `step` of epoch `epoch` (step 0: a fresh epoch);
+    `sums` are the running loss sums of that epoch so far and `rng` the RNG
+    states to restore (default: now). The resume point holds its own copy of
+    the weights and is written first, so a crash between the two writes
+    cannot pair a resume point with weights from another step.
+    `provenance` records what the weights were trained on (the prior: which
+    VQ-VAE made its codes), so a stale resume point is recognised.
+    `extra` (a module of training state, e.g. codebook statistics) goes
+    into the resume point only: the model file stays the plain state dict.
+    """
+    state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'epoch': int(epoch), 'step': int(step),
+             'sums': [] if sums is None else [float(v) for v in sums],
+             'rng': rng_state() if rng is None else rng,
+             'config': plain(cfg), 'world_size': get_world_size(),
+             'provenance': dict(provenance or {})}
+    if extra is not None:
+        state['extra'] = extra.state_dict()
+    save_atomic(state, resume_path(ckpt_path))
+    save_atomic(state['model'], ckpt_path)
+
+RESUME_KEYS = ('model', 'optimizer', 'epoch', 'step', 'sums', 'rng')
+# config keys that decide which images each batch of an epoch holds: a
+# mid-epoch resume point is only valid if they are unchanged
+ORDER_KEYS = ('dataset_type', 'batch_size', 'batch_size_2', 'train_subset',
+              'use_code_cache', 'seed')
+
+
+def check_batch_order(state, cfg, path):
+    saved = state.get('config', {})
+    changed = [f'{k} {saved[k]!r} -> {plain(cfg[k])!r}' for k in ORDER_KEYS
+               if k in saved and k in cfg and saved[k] != plain(cfg[k])]
+    if state.get('world_size', 1) != get_world_size():  # shards differ
+        changed.append(f'processes {state.get("world_size", 1)} -> '
+                       f'{get_world_size()}')
+    if state['step'] and changed:
+        raise CheckpointError(
+            f'{path} stopped mid-epoch and the batches changed since '
+            f'({", ".join(changed)}): resume with the old values, which '
+            'would otherwise repeat or skip images')
+
+
+class StaleResumePoint(CheckpointError):
+    """The resume point was trained on something that has changed since."""
+
+
+def stale_provenance(saved, expected):
+    """The keys of `expected` whose recorded value differs ([] if none; a
+    resume point from before provenance was recorded counts as current)."""
+    saved = saved or {}
+    return [k for k, v in (expected or {}).items()
+            if k in saved and saved[k] != v]
+
+
+def read_provenance(ckpt_path):
+    """The provenance recorded in the resume point beside ckpt_path ({} when
+    there is none). Memory-mapped: only the small dict is read."""
+    path = resume_path(ckpt_path)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True,
+                           mmap=True)
+    except Exception:  # unreadable resume points are reported on resume
+        return {}
+    return state.get('provenance', {}) if isinstance(state, dict) else {}
+
+
+def load_training_state(ckpt_path, model, optimizer, cfg=None,
+                        provenance=None, extra=None):
+    """Restore model, optimizer and RNG (and `extra`, when the resume point
+    has its state); return (epoch, step, sums).
+
+    With `cfg`, a mid-epoch resume point whose batches the config changed is
+    refused. With `provenance`, one recorded with other values raises
+    StaleResumePoint before anything is restored. A resume point without
+    extra state (older, or saved with the options off) leaves `extra` as it
+    is: fresh."""
+    path = resume_path(ckpt_path)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f'no resume point {path} beside {ckpt_path}: run without '
+            '--resume to train this stage from scratch')
+    state = load_file(path, 'resume point')
+    if not isinstance(state, dict) or any(k not in state
+                                          for k in RESUME_KEYS):
+        raise CheckpointError(f'{path} is not a resume point (no '
+                              f'{", ".join(RESUME_KEYS)}); run without '
+                              '--resume to start from scratch')
+    stale = stale_provenance(state.get('provenance'), provenance)
+    if stale:
+        raise StaleResumePoint(f'{path} was trained on another '
+                               f'{", ".join(stale)}')
+    check_state_dict(model, state['model'], path, 'resume point')
+    if cfg is not None:
+        check_batch_order(state, cfg, path)
+    has_extra = extra is not None and 'extra' in state
+    if has_extra:
+        check_state_dict(extra, state['extra'], path, 'resume point')
+    model.load_state_dict(state['model'])
+    if has_extra:
+        extra.load_state_dict(state['extra'])
+    # the learning rate comes from the config, not the file, so a run that
+    # diverged can be resumed with a lower lr
+    lrs = [group['lr'] for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f'optimizer state in {path} does not match the '
+                              f'model ({e}); use the config it was trained '
+                              'with') from None
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group['lr'] = lr
+    set_rng_state(state['rng'])
+    return int(state['epoch']), int(state['step']), state['sums']
