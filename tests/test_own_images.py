@@ -541,3 +541,25 @@ def test_config_9_trains_from_a_tutorial_lmdb(tmp_path):
     # --data-root the folder: its LMDB beside it, <folder>.lmdb
     run_main(flat, tmp_path / 'w2', [*TINY, 'use_lmdb=True'], '1')
     assert (tmp_path / 'w2' / 'model_images.pth').is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_labelled_folder_with_its_own_classifier(tmp_path):
+    from dldemos.VQVAE import evaluate
+    root = labelled_folder(tmp_path / 'lab')
+    work = tmp_path / 'w'
+    run_main(root, work, TINY)
+    evaluate.main(['-c', '9', '--device', 'cpu', '--threads', '1',
+                   '--data-root', str(root), '--work-dir', str(work),
+                   '--n-samples', '6', '--classifier-epochs', '1',
+                   '--cfg-options', *TINY])
+    m = json.loads((work / 'metrics.json').read_text())
+    assert m['config']['class_names'] == ['cats', 'dogs', 'owls']
+    assert 'each class' in m['held_out']
+    assert m['vqvae']['n_images'] == 3  # one held out of each class
+    s = m['samples']
+    assert s['fid_feature'] == 'folder-classifier' and s['fid'] >= 0
+    assert 0 <= s['conditional_accuracy'] <= 1
+    assert len(s['class_histogram']) == 3
+    assert (work / 'folder_classifier.pth').is_file()
+    assert m['prior']['nll_nats_per_latent'] > 0

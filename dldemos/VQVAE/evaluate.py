@@ -6,10 +6,12 @@ falling training loss is not a better model; test metrics decide).
         --n-samples 1000
 
 Held-out data: the MNIST test split; for image folders the last 10% of
-files by sorted name (dataset.py), which training never sees.
+files by sorted name (of each class for your own images: dataset.py), which
+training never sees.
 Writes into --work-dir: metrics.json, code_usage_{dataset}.png (how often
 each code is used on held-out images), eval_samples_{dataset}.jpg (the first
-generated images) and, for MNIST, the cached feature classifier. Every
+generated images) and, for MNIST and your images in class subfolders, the
+cached feature classifier. Every
 printed row is named by its key in metrics.json.
 """
 import argparse
@@ -68,6 +70,11 @@ class EvalOptions:
         return self
 
 
+HELD_OUT = {'MNIST': 'MNIST test split',
+            'ImageFolder': 'your images: last 10% of each class (or of the '
+            'flat folder) by sorted path'}
+
+
 def evaluate(ctx, opts=None):
     """Every held-out metric of the config's checkpoints in the work dir:
     the metrics.json dict. Without a (matching) prior, only the VQ-VAE."""
@@ -84,8 +91,8 @@ def evaluate(ctx, opts=None):
               'checkpoints': {k: {'path': p, 'sha256': file_sha256(p),
                                   'epochs_trained': epochs_trained(p)}
                               for k, p in paths.items()},
-              'held_out': ('MNIST test split' if dataset == 'MNIST' else
-                           f'{dataset}: last 10% of files by sorted name'),
+              'held_out': HELD_OUT.get(
+                  dataset, f'{dataset}: last 10% of files by sorted name'),
               'device': str(ctx.device), 'hardware': hardware(ctx.device)}
     # features of the reconstructions are collected while the VQ-VAE is
     # scored: the samples' distance has them as its reference
@@ -123,7 +130,8 @@ def build_parser():
          '(default: %(default)s)'),
         ('--eval-images', None, 'cap on held-out images (default: all)'),
         ('--batch-size', None, "scoring batch size (default: the config's)"),
-        ('--classifier-epochs', 2, 'epochs of the MNIST feature classifier '
+        ('--classifier-epochs', 2, 'epochs of the feature classifier (MNIST, '
+         'your images in class subfolders) '
          '(default: %(default)s)'),
         ('--classifier-subset', None, 'train the classifier on this many '
          'images (default: all)'),

@@ -1,6 +1,7 @@
 """Image features for the Frechet distance of samples: a classifier the
-project trains itself (MNIST), or torchvision's Inception-v3 when its weights
-are already on disk (never downloaded here)."""
+project trains itself on labelled data (MNIST, your images in class
+subfolders), or torchvision's Inception-v3 when its weights are already on
+disk (never downloaded here)."""
 import os
 
 import torch
@@ -99,17 +100,20 @@ def fid_entry(features, ref_stats):
 
 def feature_extractor(ctx, opts):
     """(extract(x) -> features, classifier or None, fields for the samples
-    entry): the MNIST classifier, or Inception-v3 for faces when its weights
-    are cached (extract None: FID skipped, and the fields say why)."""
-    device = ctx.device
-    if ctx.cfg['dataset_type'] == 'MNIST':
+    entry): the classifier of a labelled dataset (MNIST, your images in
+    class subfolders), or Inception-v3 for faces when its weights are
+    cached (extract None: FID skipped, and the fields say why)."""
+    device, cfg = ctx.device, ctx.cfg
+    mnist = cfg['dataset_type'] == 'MNIST'
+    if mnist or cfg.get('class_names'):
         clf, info = mnist_classifier.load_or_train(
             ctx.work_dir, ctx.data_root, device, opts.classifier_epochs,
-            opts.classifier_subset, log)
-        if info['test_accuracy'] < 0.99:
+            opts.classifier_subset, log, None if mnist else cfg)
+        if mnist and info['test_accuracy'] < 0.99:
             log(f'warning: the MNIST classifier reaches only '
                 f'{info["test_accuracy"]:.4f} test accuracy (< 0.99)')
-        fields = {'fid_feature': 'mnist-classifier', 'classifier': {
+        feature = 'mnist-classifier' if mnist else 'folder-classifier'
+        fields = {'fid_feature': feature, 'classifier': {
             'test_accuracy': info['test_accuracy'], 'path': info['path'],
             **info['settings']}}
         return (lambda x: mnist_classifier.predict(clf, x, device)[0]), \
