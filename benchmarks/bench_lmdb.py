@@ -23,8 +23,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../..')))
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dldemos.lmdb_loader import LMDBImageDataset, folder_to_lmdb, \
-    open_readonly
+from dldemos.lmdb_loader import LMDBImageDataset, folder_to_lmdb
 from dldemos.VQVAE.dataset import CelebADataset, list_images
 from dldemos.VQVAE.runtime.hardware import cpu_name
 
@@ -49,16 +48,17 @@ class FolderBytes(Dataset):
 
 
 class LMDBBytes(Dataset):
+    """The stored file of each image, as the LMDB dataset reads it before
+    decoding: unpickled (the tutorial's layout) and its checksum checked."""
+
     def __init__(self, path):
-        ds = LMDBImageDataset(path)
-        self.path, self.keys = ds.path, ds.keys
+        self.ds = LMDBImageDataset(path)
 
     def __len__(self):
-        return len(self.keys)
+        return len(self.ds)
 
     def __getitem__(self, i):
-        with open_readonly(self.path).begin() as txn:
-            return txn.get(self.keys[i])  # a copy, valid after the txn
+        return self.ds.raw(i)
 
 
 def images_per_s(dataset, workers, batch_size, repeats):
@@ -97,7 +97,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'faces.lmdb')
         tic = time.perf_counter()
-        n = folder_to_lmdb(args.folder, path, progress=False)
+        n = folder_to_lmdb(args.folder, path, 'CelebA', progress=False)
         convert_s = time.perf_counter() - tic
         folder_mb = sum(os.path.getsize(os.path.join(args.folder, f))
                         for f in list_images(args.folder)) / 2**20
