@@ -5,7 +5,8 @@ import os
 import time
 
 from dldemos.utils.dist_utils import get_world_size, is_dist, is_main
-from dldemos.VQVAE.runtime.files import plain
+from dldemos.VQVAE.runtime.files import (append_text_atomic, plain,
+                                         write_text_atomic)
 
 
 def log(*args):
@@ -43,8 +44,9 @@ class StageTimer:
 
 
 def append_jsonl(path, record):
-    with open(path, 'a') as f:
-        f.write(json.dumps(plain(record)) + '\n')
+    """One record a line, written atomically like every file of a run: a
+    kill mid-write leaves the log as it was, never a torn line."""
+    append_text_atomic(path, json.dumps(plain(record)) + '\n')
 
 
 def read_jsonl(path):
@@ -71,5 +73,4 @@ def start_jsonl(path, start_epoch):
     if is_main():
         kept = [r for r in read_jsonl(path)
                 if isinstance(r.get('epoch'), int) and r['epoch'] < start_epoch]
-        with open(path, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in kept)
+        write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in kept))
