@@ -2,6 +2,7 @@
 JSONL logs that the loss plot and the README's numbers are read from."""
 import json
 import os
+import sys
 import time
 
 from dldemos.utils.dist_utils import get_world_size, is_dist, is_main
@@ -11,7 +12,15 @@ from dldemos.VQVAE.runtime.files import (append_text_atomic, plain,
 
 def log(*args):
     if is_main():
-        print(*args, flush=True)
+        text = ' '.join(map(str, args))
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            # a path that is not valid in the terminal's encoding (Linux
+            # paths are bytes): shown escaped rather than ending the run
+            encoding = sys.stdout.encoding or 'utf-8'
+            print(text.encode(encoding, 'backslashreplace').decode(encoding),
+                  flush=True)
 
 
 def log_batch_size(batch_size):
