@@ -144,3 +144,38 @@ def test_a_work_dir_that_is_not_utf8_is_recorded(tmp_path, tiny_data_root):
     command = (Path(work.decode(errors='surrogateescape')) /
                'command.txt').read_bytes()
     assert b'/run\xff' in command and time.time() - t < 600
+
+
+def test_evaluate_without_c_uses_the_runs_config(capsys, tmp_path,
+                                                 tiny_data_root):
+    """A run trained with -c 5 and tiny --cfg-options is scored with them:
+    with config 0's values its checkpoint would not even load."""
+    train(tiny_data_root, tmp_path)
+    capsys.readouterr()
+    evaluate.main(['--device', 'cpu', '--data-root', str(tiny_data_root),
+                   '--work-dir', str(tmp_path), '--n-samples', '0'])
+    out = capsys.readouterr().out
+    assert 'config 5' in out and 'config.json' in out
+    assert 'psnr' in out
+
+
+def test_a_data_error_in_a_dataloader_worker_is_one_line(capsys, tmp_path):
+    """Workers re-raise with the worker's traceback as the message."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from dldemos.utils.errors import DataError, report_errors
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise DataError('image 3 is unreadable: delete it')
+
+    def read_all():
+        for _ in DataLoader(Broken(), num_workers=1):
+            pass
+
+    assert report_errors(read_all) == 2
+    assert capsys.readouterr().err.strip() == \
+        'error: image 3 is unreadable: delete it'

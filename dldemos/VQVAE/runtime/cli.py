@@ -11,9 +11,12 @@ from dldemos.VQVAE.configs import describe_configs
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
-def add_common_args(parser, resume=True, stages=False):
-    parser.add_argument('-c', type=int, default=0, metavar='ID',
-                        help='config id (default: 0): ' + describe_configs())
+def add_common_args(parser, resume=True, stages=False, evaluating=False):
+    default = ("the run's, from the work dir's config.json (else 0)"
+               if evaluating else '0')
+    parser.add_argument('-c', type=int, default=None if evaluating else 0,
+                        metavar='ID', help=f'config id (default: {default}): '
+                        + describe_configs())
     parser.add_argument('-d', type=int, default=0, metavar='N',
                         help='CUDA device index, used when --device is not '
                         'given (default: 0)')

@@ -185,16 +185,21 @@ def check_paths(cfg):
     # check, once the work dir they resolve in is known
 
 
-def load_cfg(config_id, options=(), seed=0):
+def load_cfg(config_id, options=(), seed=0, recorded=None):
     """Config `config_id` with `options` (KEY=VALUE strings) applied, checked.
     The seed is recorded in it: it decides the data order, so a mid-epoch
-    resume must use the same one."""
+    resume must use the same one. `recorded`: a run's saved config.json,
+    whose values (the run's own --cfg-options) come before `options`."""
     try:
         cfg = get_cfg(config_id)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    for key, value in (recorded or {}).items():
+        if key in cfg and key not in ('seed', 'config_id'):
+            cfg[key] = tuple(value) if isinstance(cfg[key], tuple) else value
     cfg = apply_overrides(cfg, options)
     cfg['seed'] = seed
+    cfg['config_id'] = config_id  # in config.json: evaluate.py finds it
     check_ranges(cfg)
     check_fractions(cfg)
     check_img_shape(cfg)
