@@ -1,0 +1,274 @@
+"""The documentation stays runnable: every command that README.md and
+docs/*.md show for a script of this repository names a script that exists and
+whose --help exits 0; README stays a short front door whose links resolve;
+docs/configs.md names every config key."""
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dldemos.VQVAE.configs import DEFAULTS, cfgs
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / 'README.md'
+DOCS = sorted((REPO / 'docs').glob('*.md'))
+README_MAX_LINES = 250
+
+COMMAND_START = re.compile(r'^\s*(?:[A-Za-z_]\w*=\S*\s+)*(python3?|torchrun)\s')
+INLINE_CODE = re.compile(r'`([^`\n]+)`')
+LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
+
+
+# ------------------------------------------------------------ parsing
+
+def fenced_lines(text):
+    """The lines inside ``` fences, with backslash continuations joined."""
+    out, inside, pending = [], False, ''
+    for line in text.splitlines():
+        if line.lstrip().startswith('```'):
+            inside, pending = not inside, ''
+            continue
+        if not inside:
+            continue
+        if line.rstrip().endswith('\\'):
+            pending += line.rstrip()[:-1] + ' '
+            continue
+        out.append(pending + line)
+        pending = ''
+    return out
+
+
+def inline_commands(text):
+    """Inline code spans outside fences that start with python / torchrun."""
+    outside, inside = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith('```'):
+            inside = not inside
+        elif not inside:
+            outside.append(line)
+    return [m for m in INLINE_CODE.findall('\n'.join(outside))
+            if COMMAND_START.match(m + ' ')]
+
+
+def targets(line):
+    """('script', path) / ('module', name) run by one shell line: each
+    `python X.py`, `python -m M` and `torchrun ... X.py` in it (split on
+    && ; |), after any VAR=value prefix. Raises ValueError on a line the
+    shell could not parse (unbalanced quotes)."""
+    tokens = shlex.split(line, comments=True)
+    commands, current = [], []
+    for tok in tokens:
+        if tok in ('&&', '||', ';', '|'):
+            commands.append(current)
+            current = []
+        elif tok.endswith(';'):
+            current.append(tok[:-1])
+            commands.append(current)
+            current = []
+        else:
+            current.append(tok)
+    commands.append(current)
+    found = []
+    for cmd in commands:
+        while cmd and re.match(r'^[A-Za-z_]\w*=', cmd[0]):
+            cmd = cmd[1:]  # VAR=value prefix
+        if not cmd or cmd[0] not in ('python', 'python3', 'torchrun'):
+            continue
+        args = cmd[1:]
+        if cmd[0] != 'torchrun' and args[:1] == ['-m'] and len(args) > 1:
+            found.append(('module', args[1]))
+            continue
+        scripts = [a for a in args if a.endswith('.py')
+                   and not a.startswith('-')]
+        if scripts:
+            found.append(('script', scripts[0]))
+    return found
+
+
+def doc_files():
+    return [README] + DOCS
+
+
+def collect():
+    """{target: [where it is shown]} over README.md and docs/*.md, and the
+    lines that could not be parsed."""
+    shown, unparsable = {}, []
+    for path in doc_files():
+        text = path.read_text()
+        lines = [ln for ln in fenced_lines(text) if COMMAND_START.match(ln)]
+        for line in lines + inline_commands(text):
+            where = f'{path.relative_to(REPO)}: {line.strip()}'
+            try:
+                found = targets(line)
+            except ValueError as e:
+                unparsable.append(f'{where} ({e})')
+                continue
+            for target in found:
+                shown.setdefault(target, []).append(where)
+    return shown, unparsable
+
+
+SHOWN, UNPARSABLE = collect()
+TARGETS = sorted(SHOWN)
+
+
+# ------------------------------------------------------------ running
+
+def help_command(target):
+    return [sys.executable, str(REPO / target[1]), '--help']
+
+
+def run_help(target):
+    kind, name = target
+    if kind == 'module':  # pytest and the like: installed is what counts
+        found = importlib.util.find_spec(name) is not None
+        return (0, '') if found else (1, f'no module named {name}')
+    if not (REPO / name).is_file():
+        return None  # reported by the test as missing
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR',
+                        'MASTER_PORT')}  # the launchers as a user types them
+    env.setdefault('OMP_NUM_THREADS', '1')
+    try:
+        r = subprocess.run(help_command(target), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        return -1, '--help did not finish in 180 s'
+    return r.returncode, (r.stdout + r.stderr)[-2000:]
+
+
+@pytest.fixture(scope='module')
+def help_results():
+    """Every shown script's --help, once each, a few at a time (each one
+    imports torch: seconds apiece)."""
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return dict(zip(TARGETS, pool.map(run_help, TARGETS)))
+
+
+@pytest.mark.parametrize('target', TARGETS, ids=[n for _, n in TARGETS])
+def test_every_shown_command_finds_its_script(target, help_results):
+    kind, name = target
+    where = '\n  '.join(SHOWN[target])
+    result = help_results[target]
+    assert result is not None, f'{name} does not exist; shown in:\n  {where}'
+    code, output = result
+    assert code == 0, (f'`python {name} --help` exited {code}; shown '
+                       f'in:\n  {where}\n{output}')
+
+
+def test_the_docs_show_the_main_commands():
+    """The collector finds what it must (a parser that finds nothing would
+    pass every test above)."""
+    names = {name for _, name in TARGETS}
+    for script in ('dldemos/VQVAE/main.py', 'dldemos/VQVAE/evaluate.py',
+                   'dldemos/VQVAE/dist_train_vqvae.py',
+                   'dldemos/VQVAE/dist_train_pixelcnn.py', 'pytest'):
+        assert script in names, script
+
+
+def test_every_command_line_parses():
+    assert not UNPARSABLE, '\n'.join(UNPARSABLE)
+
+
+@pytest.mark.parametrize('line,expected', [
+    ('python dldemos/VQVAE/main.py -c 5   # a comment',
+     [('script', 'dldemos/VQVAE/main.py')]),
+    ('OMP_NUM_THREADS=1 python3 a/b.py --x 1',
+     [('script', 'a/b.py')]),
+    ('python -m pytest -q', [('module', 'pytest')]),
+    ('torchrun --nproc_per_node=2 --rdzv-id=x d/t.py -c 5 --device cpu',
+     [('script', 'd/t.py')]),
+    ('python a.py -c 5 && python b.py -c 5',
+     [('script', 'a.py'), ('script', 'b.py')]),
+    ("cp -r A B; python c.py --cfg-options 'x=1'", [('script', 'c.py')]),
+    ('bash benchmarks/tools/run_gpu.sh OUT', []),
+    ("# python commented.py: it's a comment", []),
+])
+def test_targets(line, expected):
+    assert targets(line) == expected
+
+
+def test_continued_lines_are_joined():
+    text = ('```bash\ntorchrun --nnodes=2 \\\n    --rdzv-id=a \\\n'
+            '    x/y.py -c 4\n```\n')
+    [line] = fenced_lines(text)
+    assert targets(line) == [('script', 'x/y.py')]
+
+
+def test_inline_commands_outside_fences_only():
+    text = ('Run `python a.py -c 5` or `main.py`.\n```\n`python b.py`\n```\n'
+            '| `torchrun --nproc_per_node=2 c.py` |\n')
+    assert inline_commands(text) == ['python a.py -c 5',
+                                     'torchrun --nproc_per_node=2 c.py']
+
+
+# ------------------------------------------------------------ README, links
+
+def test_readme_is_short():
+    n = len(README.read_text().splitlines())
+    assert n <= README_MAX_LINES, \
+        f'README.md has {n} lines: move detail into docs/ (at most ' \
+        f'{README_MAX_LINES})'
+
+
+def slug(heading):
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r'[^\w\- ]', '', heading.strip().lower())
+    return text.replace(' ', '-')
+
+
+def anchors(path):
+    out = set()
+    inside = False
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith('```'):
+            inside = not inside
+        elif not inside and line.startswith('#'):
+            out.add(slug(line.lstrip('#')))
+    return out
+
+
+def links(path):
+    """Relative link targets of a Markdown file, outside code."""
+    text, inside, keep = path.read_text(), False, []
+    for line in text.splitlines():
+        if line.lstrip().startswith('```'):
+            inside = not inside
+        elif not inside:
+            keep.append(re.sub(r'`[^`]*`', '', line))
+    return [t for t in LINK.findall('\n'.join(keep))
+            if not re.match(r'^[a-z][a-z0-9+.-]*:', t)]  # http:, mailto:
+
+
+@pytest.mark.parametrize('path', doc_files(),
+                         ids=[p.name for p in doc_files()])
+def test_every_relative_link_resolves(path):
+    broken = []
+    for target in links(path):
+        file, _, anchor = target.partition('#')
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            broken.append(f'{target}: no {dest}')
+        elif anchor and dest.suffix == '.md' and anchor not in anchors(dest):
+            broken.append(f'{target}: no heading #{anchor} in {dest.name}')
+    assert not broken, f'{path.name}: ' + '; '.join(broken)
+
+
+def test_readme_links_every_doc():
+    linked = {(README.parent / t.partition('#')[0]).resolve()
+              for t in links(README)}
+    assert DOCS, 'docs/*.md missing'
+    missing = [p.name for p in DOCS if p.resolve() not in linked]
+    assert not missing, f'README.md does not link {missing}'
+
+
+@pytest.mark.parametrize('key', sorted(set(DEFAULTS).union(*cfgs)))
+def test_configs_doc_names_every_key(key):
+    assert f'`{key}`' in (REPO / 'docs' / 'configs.md').read_text(), \
+        f'docs/configs.md does not describe config key {key}'
