@@ -3,12 +3,12 @@ docs/*.md show for a script of this repository names a script that exists and
 whose --help exits 0; README stays a short front door whose links resolve;
 docs/configs.md names every config key."""
 import importlib.util
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -120,35 +120,57 @@ TARGETS = sorted(SHOWN)
 
 # ------------------------------------------------------------ running
 
-def help_command(target):
-    return [sys.executable, str(REPO / target[1]), '--help']
+RUNNER = REPO / 'tests' / 'docs_help_runner.py'
+HELP_TIMEOUT_S = 300
 
 
-def run_help(target):
-    kind, name = target
-    if kind == 'module':  # pytest and the like: installed is what counts
-        found = importlib.util.find_spec(name) is not None
-        return (0, '') if found else (1, f'no module named {name}')
-    if not (REPO / name).is_file():
-        return None  # reported by the test as missing
+def clean_env():
+    """The environment of a user's shell: no torchrun variables (the
+    launchers run as a user types them), one thread per process."""
     env = {k: v for k, v in os.environ.items()
            if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR',
-                        'MASTER_PORT')}  # the launchers as a user types them
+                        'MASTER_PORT')}
     env.setdefault('OMP_NUM_THREADS', '1')
+    return env
+
+
+def run_helps(scripts):
+    """{script: (exit code, output tail)} of `python SCRIPT --help` for
+    every script: in children of docs_help_runner.py, which imports torch
+    once for all of them (a fresh interpreter per script costs seconds)."""
+    if not scripts:
+        return {}
+    jobs = str(min(4, os.cpu_count() or 1))
     try:
-        r = subprocess.run(help_command(target), cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=180)
+        r = subprocess.run([sys.executable, str(RUNNER), jobs, *scripts],
+                           cwd=REPO, env=clean_env(), capture_output=True,
+                           text=True, timeout=HELP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return -1, '--help did not finish in 180 s'
-    return r.returncode, (r.stdout + r.stderr)[-2000:]
+        return {s: (-1, f'the --help runs took over {HELP_TIMEOUT_S} s')
+                for s in scripts}
+    try:
+        return {s: tuple(v) for s, v in json.loads(r.stdout).items()}
+    except ValueError:
+        why = f'docs_help_runner.py exited {r.returncode}:\n{r.stderr[-2000:]}'
+        return {s: (-1, why) for s in scripts}
 
 
 @pytest.fixture(scope='module')
 def help_results():
-    """Every shown script's --help, once each, a few at a time (each one
-    imports torch: seconds apiece)."""
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return dict(zip(TARGETS, pool.map(run_help, TARGETS)))
+    """None for a script that does not exist, else its --help's (code,
+    output); a module (`python -m M`) counts when it is installed."""
+    out, scripts = {}, []
+    for kind, name in TARGETS:
+        if kind == 'module':
+            found = importlib.util.find_spec(name) is not None
+            out[kind, name] = (0, '') if found else (1, f'no module {name}')
+        elif not (REPO / name).is_file():
+            out[kind, name] = None
+        else:
+            scripts.append(name)
+    for name, result in run_helps(scripts).items():
+        out['script', name] = result
+    return out
 
 
 @pytest.mark.parametrize('target', TARGETS, ids=[n for _, n in TARGETS])
