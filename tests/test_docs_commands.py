@@ -1,6 +1,7 @@
 """The documentation stays runnable: every command that README.md and
-docs/*.md show for a script of this repository names a script that exists and
-whose --help exits 0; README stays a short front door whose links resolve;
+docs/*.md show for a script of this repository (python X.py, python -m M,
+torchrun ... X.py, bash X.sh) names a file that exists, and a Python script's
+--help exits 0; README stays a short front door whose links resolve;
 docs/configs.md names every config key."""
 import importlib.util
 import json
@@ -20,7 +21,8 @@ README = REPO / 'README.md'
 DOCS = sorted((REPO / 'docs').glob('*.md'))
 README_MAX_LINES = 250
 
-COMMAND_START = re.compile(r'^\s*(?:[A-Za-z_]\w*=\S*\s+)*(python3?|torchrun)\s')
+COMMAND_START = re.compile(
+    r'^\s*(?:[A-Za-z_]\w*=\S*\s+)*(python3?|torchrun|bash)\s')
 INLINE_CODE = re.compile(r'`([^`\n]+)`')
 LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 
@@ -45,7 +47,8 @@ def fenced_lines(text):
 
 
 def inline_commands(text):
-    """Inline code spans outside fences that start with python / torchrun."""
+    """Inline code spans outside fences that start with python, torchrun
+    or bash."""
     outside, inside = [], False
     for line in text.splitlines():
         if line.lstrip().startswith('```'):
@@ -57,10 +60,10 @@ def inline_commands(text):
 
 
 def targets(line):
-    """('script', path) / ('module', name) run by one shell line: each
-    `python X.py`, `python -m M` and `torchrun ... X.py` in it (split on
-    && ; |), after any VAR=value prefix. Raises ValueError on a line the
-    shell could not parse (unbalanced quotes)."""
+    """('script', path) / ('module', name) / ('shell', path) run by one
+    shell line: each `python X.py`, `python -m M`, `torchrun ... X.py` and
+    `bash X.sh` in it (split on && ; |), after any VAR=value prefix. Raises
+    ValueError on a line the shell could not parse (unbalanced quotes)."""
     tokens = shlex.split(line, comments=True)
     commands, current = [], []
     for tok in tokens:
@@ -78,6 +81,9 @@ def targets(line):
     for cmd in commands:
         while cmd and re.match(r'^[A-Za-z_]\w*=', cmd[0]):
             cmd = cmd[1:]  # VAR=value prefix
+        if cmd[:1] == ['bash'] and len(cmd) > 1 and cmd[1].endswith('.sh'):
+            found.append(('shell', cmd[1]))
+            continue
         if not cmd or cmd[0] not in ('python', 'python3', 'torchrun'):
             continue
         args = cmd[1:]
@@ -157,8 +163,9 @@ def run_helps(scripts):
 
 @pytest.fixture(scope='module')
 def help_results():
-    """None for a script that does not exist, else its --help's (code,
-    output); a module (`python -m M`) counts when it is installed."""
+    """None for a file that does not exist, else (code, output): a
+    script's --help; a module (`python -m M`) counts when it is installed,
+    a shell script (`bash X.sh`) when it exists."""
     out, scripts = {}, []
     for kind, name in TARGETS:
         if kind == 'module':
@@ -166,6 +173,8 @@ def help_results():
             out[kind, name] = (0, '') if found else (1, f'no module {name}')
         elif not (REPO / name).is_file():
             out[kind, name] = None
+        elif kind == 'shell':  # exists; its steps have their own tests
+            out[kind, name] = (0, '')
         else:
             scripts.append(name)
     for name, result in run_helps(scripts).items():
@@ -209,7 +218,9 @@ def test_every_command_line_parses():
     ('python a.py -c 5 && python b.py -c 5',
      [('script', 'a.py'), ('script', 'b.py')]),
     ("cp -r A B; python c.py --cfg-options 'x=1'", [('script', 'c.py')]),
-    ('bash benchmarks/tools/run_gpu.sh OUT', []),
+    ('BUDGET_S=60 bash benchmarks/tools/run_gpu.sh OUT',
+     [('shell', 'benchmarks/tools/run_gpu.sh')]),
+    ('bash -c true', []),
     ("# python commented.py: it's a comment", []),
 ])
 def test_targets(line, expected):
