@@ -60,7 +60,7 @@ def main():
         pid, status = os.wait()
         script, out = running.pop(pid)
         out.seek(0)
-        text = out.read().decode(errors='replace')[-2000:]
+        text = out.read().decode(errors="replace")[-20000:]
         out.close()
         results[script] = [os.waitstatus_to_exitcode(status), text]
     print(json.dumps(results))

@@ -24,6 +24,7 @@ README_MAX_LINES = 250
 COMMAND_START = re.compile(
     r'^\s*(?:[A-Za-z_]\w*=\S*\s+)*(python3?|torchrun|bash)\s')
 INLINE_CODE = re.compile(r'`([^`\n]+)`')
+LONG_FLAG = re.compile(r'^(--[A-Za-z][\w-]*)(=.*)?$')
 LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 
 
@@ -64,6 +65,11 @@ def targets(line):
     shell line: each `python X.py`, `python -m M`, `torchrun ... X.py` and
     `bash X.sh` in it (split on && ; |), after any VAR=value prefix. Raises
     ValueError on a line the shell could not parse (unbalanced quotes)."""
+    return [target for target, _ in parse(line)]
+
+
+def parse(line):
+    """[(target, long flags given to it)] of one shell line (see targets)."""
     tokens = shlex.split(line, comments=True)
     commands, current = [], []
     for tok in tokens:
@@ -82,18 +88,20 @@ def targets(line):
         while cmd and re.match(r'^[A-Za-z_]\w*=', cmd[0]):
             cmd = cmd[1:]  # VAR=value prefix
         if cmd[:1] == ['bash'] and len(cmd) > 1 and cmd[1].endswith('.sh'):
-            found.append(('shell', cmd[1]))
+            found.append((('shell', cmd[1]), ()))
             continue
         if not cmd or cmd[0] not in ('python', 'python3', 'torchrun'):
             continue
         args = cmd[1:]
         if cmd[0] != 'torchrun' and args[:1] == ['-m'] and len(args) > 1:
-            found.append(('module', args[1]))
+            found.append((('module', args[1]), ()))
             continue
-        scripts = [a for a in args if a.endswith('.py')
+        scripts = [i for i, a in enumerate(args) if a.endswith('.py')
                    and not a.startswith('-')]
-        if scripts:
-            found.append(('script', scripts[0]))
+        if scripts:  # the script's own flags follow it (torchrun's precede)
+            flags = tuple(m.group(1) for a in args[scripts[0] + 1:]
+                          for m in [LONG_FLAG.match(a)] if m)
+            found.append((('script', args[scripts[0]]), flags))
     return found
 
 
@@ -102,25 +110,27 @@ def doc_files():
 
 
 def collect():
-    """{target: [where it is shown]} over README.md and docs/*.md, and the
-    lines that could not be parsed."""
-    shown, unparsable = {}, []
+    """{target: [where it is shown]} and {target: {long flag: where}}
+    over README.md and docs/*.md, and the lines that could not be parsed."""
+    shown, flags, unparsable = {}, {}, []
     for path in doc_files():
         text = path.read_text()
         lines = [ln for ln in fenced_lines(text) if COMMAND_START.match(ln)]
         for line in lines + inline_commands(text):
             where = f'{path.relative_to(REPO)}: {line.strip()}'
             try:
-                found = targets(line)
+                found = parse(line)
             except ValueError as e:
                 unparsable.append(f'{where} ({e})')
                 continue
-            for target in found:
+            for target, given in found:
                 shown.setdefault(target, []).append(where)
-    return shown, unparsable
+                for flag in given:
+                    flags.setdefault(target, {}).setdefault(flag, where)
+    return shown, flags, unparsable
 
 
-SHOWN, UNPARSABLE = collect()
+SHOWN, FLAGS, UNPARSABLE = collect()
 TARGETS = sorted(SHOWN)
 
 
@@ -190,7 +200,19 @@ def test_every_shown_command_finds_its_script(target, help_results):
     assert result is not None, f'{name} does not exist; shown in:\n  {where}'
     code, output = result
     assert code == 0, (f'`python {name} --help` exited {code}; shown '
-                       f'in:\n  {where}\n{output}')
+                       f'in:\n  {where}\n{output[-2000:]}')
+
+
+@pytest.mark.parametrize('target', sorted(FLAGS),
+                         ids=[n for _, n in sorted(FLAGS)])
+def test_every_shown_flag_is_in_the_scripts_help(target, help_results):
+    result = help_results[target]
+    if not result or result[0] != 0:
+        pytest.skip('the script itself fails (the test above says why)')
+    unknown = [f'{flag} (in {where})' for flag, where in FLAGS[target].items()
+               if not re.search(re.escape(flag) + r'(?![\w-])', result[1])]
+    assert not unknown, f'{target[1]} --help lists none of: ' + \
+        '; '.join(unknown)
 
 
 def test_the_docs_show_the_main_commands():
@@ -225,6 +247,13 @@ def test_every_command_line_parses():
 ])
 def test_targets(line, expected):
     assert targets(line) == expected
+
+
+def test_flags_are_the_scripts_own():
+    line = ("torchrun --nproc_per_node=2 t.py -c 5 --device cpu "
+            "--cfg-options n_epochs=1 --eval-args '--n-samples 9' --x=1")
+    assert parse(line) == [(('script', 't.py'), ('--device', '--cfg-options',
+                                                 '--eval-args', '--x'))]
 
 
 def test_continued_lines_are_joined():
