@@ -1,7 +1,7 @@
 """Run `python SCRIPT --help` for many scripts at the price of one torch import
 (used by test_docs_commands.py).
 
-    python tests/docs_help_runner.py JOBS SCRIPT...   # prints {script: [code, output]}
+    python tests/docs_help_runner.py JOBS SCRIPT...  # {script: [code, output]}
 
 torch and torchvision are imported once here; each script then runs in a
 child forked from this process, as `python SCRIPT --help` would run it:
