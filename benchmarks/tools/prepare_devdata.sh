@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fill .devdata/ (git-ignored) with what benchmarks/tools/run_gpu.sh needs on
-# a GPU machine that reaches neither the data nor the network; carry it there
-# (the device tool's run: carry [".devdata"]).
+# a GPU machine that reaches neither the data nor the network; copy the
+# folder there with the checkout.
 #
 #   bash benchmarks/tools/prepare_devdata.sh SRC  # SRC: the data root (the
 #                                                 # --data-root of main.py)
@@ -12,8 +12,7 @@
 #                                          Python (WHL_PY, default 3.12)
 #   .devdata/celebA/img_align_celeba/      the first FACES (default 1000)
 #                                          CelebA faces, for the LMDB step
-# The device tool carries at most 64 MiB with the working tree: this is
-# about 21 MB.
+# About 21 MB: small enough to copy along with the checkout.
 set -euo pipefail
 if [ $# -ne 1 ] || [ ! -d "$1" ]; then
     echo "usage: bash $0 SRC: SRC is the data root holding mnist/ (and" \

@@ -35,7 +35,7 @@ STAGE_LINE = 'stage {k} ({name}) took {seconds:.1f} s'
 class StageTimer:
     """Wall time of main.py's stages: `if stage.runs(3, 'train PixelCNN'):`
     ends the stage before it (printing `stage 1 (train VQ-VAE) took 84.2 s`,
-    which benchmarks/readme_results.py reads) and starts stage 3's clock
+    which benchmarks/experiments/readme_results.py reads) and starts stage 3's clock
     when 3 is among the stages to run. `runs(None)` ends the last one."""
 
     def __init__(self, stages):
