@@ -79,6 +79,17 @@ def test_pyramid_collapses_back_to_the_image(channels, hw):
         torch.testing.assert_close(S.pyramid_level(x, level, len(pyr)), p)
 
 
+@pytest.mark.parametrize('channels', [1, 3])
+def test_a_flat_image_has_no_detail(channels):
+    # pyr_up must undo pyr_down's subsampling gain: a constant image has
+    # zero band-pass levels and a low-pass level of the same constant
+    x = torch.full((2, channels, 64, 48), 0.3, dtype=torch.float64)
+    pyr = S.laplacian_pyramid(x)
+    for band in pyr[:-1]:
+        torch.testing.assert_close(band, torch.zeros_like(band))
+    torch.testing.assert_close(pyr[-1], torch.full_like(pyr[-1], 0.3))
+
+
 @pytest.mark.parametrize('hw, levels', [((16, 16), 1), ((28, 28), 1),
                                         ((32, 32), 2), ((64, 64), 3),
                                         ((128, 96), 3), ((256, 256), 5)])
