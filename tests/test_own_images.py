@@ -406,17 +406,18 @@ def test_config_9_is_your_images_at_64():
 
 def test_classes_resolve_from_the_folder(tmp_path):
     root = labelled_folder(tmp_path / 'lab')
-    cfg = load_cfg(9, [], 0, str(root))
+    cfg = load_cfg(9, [], 0, data_root=str(root))
     assert cfg['n_classes'] == 3
     assert cfg['class_names'] == ['cats', 'dogs', 'owls']
-    assert load_cfg(9, ['n_classes=None'], 0, str(root))['n_classes'] is None
-    assert load_cfg(9, ['n_classes=3'], 0, str(root))['n_classes'] == 3
+    for option, n in (('n_classes=None', None), ('n_classes=3', 3)):
+        assert load_cfg(9, [option], 0,
+                        data_root=str(root))['n_classes'] == n
     flat = flat_folder(tmp_path / 'flat')
-    assert load_cfg(9, [], 0, str(flat))['n_classes'] is None
+    assert load_cfg(9, [], 0, data_root=str(flat))['n_classes'] is None
     for bad, where in (('n_classes=5', root), ('n_classes=3', flat),
                        ('n_classes=1', root)):
         with pytest.raises(UsageError) as e:
-            load_cfg(9, [bad], 0, str(where))
+            load_cfg(9, [bad], 0, data_root=str(where))
         assert '\n' not in str(e.value)
 
 
@@ -504,7 +505,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
 def test_the_folder_classifier_is_trained_once_and_cached(tmp_path):
     from dldemos.VQVAE.scoring import mnist_classifier as clf
     root = labelled_folder(tmp_path / 'lab')
-    cfg = load_cfg(9, ['img_shape=(3,16,16)'], 0, str(root))
+    cfg = load_cfg(9, ['img_shape=(3,16,16)'], 0, data_root=str(root))
     logs = []
     model, info = clf.load_or_train(tmp_path, str(root), 'cpu', 1, None,
                                     logs.append, cfg)
@@ -563,3 +564,10 @@ def test_evaluate_scores_a_labelled_folder_with_its_own_classifier(tmp_path):
     assert len(s['class_histogram']) == 3
     assert (work / 'folder_classifier.pth').is_file()
     assert m['prior']['nll_nats_per_latent'] > 0
+    # without -c: the config and values the run trained with
+    (work / 'metrics.json').unlink()
+    evaluate.main(['--device', 'cpu', '--threads', '1', '--data-root',
+                   str(root), '--work-dir', str(work), '--n-samples', '0'])
+    again = json.loads((work / 'metrics.json').read_text())
+    assert again['config']['class_names'] == m['config']['class_names']
+    assert again['prior'] == m['prior']

@@ -1,17 +1,15 @@
-"""benchmarks/readme_results.py: README's results rows come from a run's
-metrics.json and training logs, in README's column layout."""
+"""benchmarks/experiments/readme_results.py: README's results rows come from
+a run's metrics.json and training logs, in README's column layout."""
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.experiments import readme_results
 from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'benchmarks'))
-import readme_results  # noqa: E402
 
 TINY = ['dim=8', 'n_embedding=16', 'pixelcnn_n_blocks=2', 'pixelcnn_dim=8',
         'pixelcnn_linear_dim=8', 'n_epochs=2', 'n_epochs_2=1',
@@ -125,8 +123,8 @@ def test_a_bad_device_is_one_line_before_any_work_dir(tmp_path, device,
     assert not (tmp_path / 'runs').exists()
 
 
-def test_the_header_is_readmes():
+def test_the_header_is_the_results_docs():
     metrics = {'prior': {'uniform_nats_per_latent': 3.4657359}}  # log 32
     head, rule = readme_results.header([metrics]).splitlines()
-    readme = (REPO / 'README.md').read_text()
-    assert f'{head}\n{rule}\n' in readme
+    results = (REPO / 'docs' / 'results.md').read_text()
+    assert f'{head}\n{rule}\n' in results

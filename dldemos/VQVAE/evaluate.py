@@ -2,6 +2,7 @@
 falling training loss is not a better model; test metrics decide).
 
     python dldemos/VQVAE/evaluate.py -c 0              # same flags as main.py
+    python dldemos/VQVAE/evaluate.py --work-dir work_dirs/c7  # its config
     python dldemos/VQVAE/evaluate.py -c 5 --work-dir work_dirs/quick \\
         --n-samples 1000
 
@@ -122,7 +123,7 @@ def build_parser():
         description='Score the saved checkpoints of a run (same -c, '
         '--work-dir and --cfg-options as its main.py) on held-out data: '
         'writes metrics.json into the work dir.')
-    add_common_args(parser, resume=False)
+    add_common_args(parser, resume=False, evaluating=True)
     int_flags = [
         ('--n-samples', 1000, 'images to generate and score, 0 for none '
          '(default: %(default)s)'),

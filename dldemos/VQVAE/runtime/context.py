@@ -19,7 +19,6 @@ from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.runtime.files import (append_text_atomic, file_sha256,
                                          load_model, plain, write_text_atomic)
 from dldemos.VQVAE.runtime.resume_point import read_provenance, resume_path
-from dldemos.VQVAE.runtime.logs import log
 from dldemos.VQVAE.runtime.work_lock import lock_work_dir
 
 
@@ -72,9 +71,10 @@ def check_outputs(ctx):
         families.append((os.path.splitext(ckpt)[0] + '.codes_', key))
         for path in (ckpt, resume_path(ckpt)):
             if path in taken:
-                raise UsageError(f'{key} resolves to {path}, which is '
-                                 f'{taken[path]}: give it another name')
-            taken[path] = f'{key} or its resume point'
+                raise UsageError(f'{key} and {taken[path]} resolve to the '
+                                 f'same file {path}: give {key} another '
+                                 'name')
+            taken[path] = f'{key} (or its resume point)'
     for path, owner in taken.items():
         name = os.path.relpath(path, work)
         clash = [k for prefix, k in families if path.startswith(prefix)]

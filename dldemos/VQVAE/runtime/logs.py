@@ -2,15 +2,25 @@
 JSONL logs that the loss plot and the README's numbers are read from."""
 import json
 import os
+import sys
 import time
 
 from dldemos.utils.dist_utils import get_world_size, is_dist, is_main
-from dldemos.VQVAE.runtime.files import plain
+from dldemos.VQVAE.runtime.files import (append_text_atomic, plain,
+                                         write_text_atomic)
 
 
 def log(*args):
     if is_main():
-        print(*args, flush=True)
+        text = ' '.join(map(str, args))
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            # a path that is not valid in the terminal's encoding (Linux
+            # paths are bytes): shown escaped rather than ending the run
+            encoding = sys.stdout.encoding or 'utf-8'
+            print(text.encode(encoding, 'backslashreplace').decode(encoding),
+                  flush=True)
 
 
 def log_batch_size(batch_size):
@@ -25,7 +35,7 @@ STAGE_LINE = 'stage {k} ({name}) took {seconds:.1f} s'
 class StageTimer:
     """Wall time of main.py's stages: `if stage.runs(3, 'train PixelCNN'):`
     ends the stage before it (printing `stage 1 (train VQ-VAE) took 84.2 s`,
-    which benchmarks/readme_results.py reads) and starts stage 3's clock
+    which benchmarks/experiments/readme_results.py reads) and starts stage 3's clock
     when 3 is among the stages to run. `runs(None)` ends the last one."""
 
     def __init__(self, stages):
@@ -43,8 +53,9 @@ class StageTimer:
 
 
 def append_jsonl(path, record):
-    with open(path, 'a') as f:
-        f.write(json.dumps(plain(record)) + '\n')
+    """One record a line, written atomically like every file of a run: a
+    kill mid-write leaves the log as it was, never a torn line."""
+    append_text_atomic(path, json.dumps(plain(record)) + '\n')
 
 
 def read_jsonl(path):
@@ -71,5 +82,4 @@ def start_jsonl(path, start_epoch):
     if is_main():
         kept = [r for r in read_jsonl(path)
                 if isinstance(r.get('epoch'), int) and r['epoch'] < start_epoch]
-        with open(path, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in kept)
+        write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in kept))

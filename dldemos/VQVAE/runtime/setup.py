@@ -5,6 +5,7 @@ Every check that can fail runs before anything is written, so bad input
 leaves no half-made work dir behind; then the work dir gets config.json and
 command.txt, and the seed is set.
 """
+import json
 import os
 import sys
 
@@ -33,8 +34,11 @@ def start_run(args, argv, stages, *, distributed=False, evaluating=False):
     the work dir prepared and the seed set."""
     configure_threads(args.threads)
     try:
-        cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed),
-                       args.data_root)
+        config_id, recorded = args.c, None
+        if config_id is None:  # evaluate.py: the config the run used
+            config_id, recorded = recorded_config(args.work_dir)
+        cfg = load_cfg(config_id, args.cfg_options, check_seed(args.seed),
+                       recorded, args.data_root)
         ctx = RunContext(cfg, None, args.work_dir, args.data_root,
                          getattr(args, 'resume', False))
         check_work_dir(ctx.work_dir, must_exist=evaluating)
@@ -47,7 +51,7 @@ def start_run(args, argv, stages, *, distributed=False, evaluating=False):
         raise
     ctx.device = setup_distributed('cpu' if args.device == 'cpu' else None) \
         if distributed else pick_device(args.device, args.d)
-    announce(ctx, args.c, stages, distributed, evaluating)
+    announce(ctx, config_id, stages, distributed, evaluating)
     check_data(ctx, ['test'] if evaluating else splits_needed(cfg, stages),
                distributed)
     if not evaluating:
@@ -68,6 +72,25 @@ def run_entry(fn, debug=False, label='error', catch_sigterm=True):
         unlock_all()
     if code:
         sys.exit(code)
+
+
+def recorded_config(work_dir):
+    """(config id, resolved config) from the work dir's config.json, so that
+    evaluate.py without -c scores a run with the config it trained with;
+    (0, None) without one."""
+    path = os.path.join(work_dir, 'config.json')
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        config_id = int(saved['config_id'])
+    except FileNotFoundError:
+        return 0, None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f'{path} does not name the config of the run '
+                         '(damaged, or written by an older version): '
+                         'pass -c with the config it trained with') from None
+    log(f'config {config_id} and the values of the run, from {path}')
+    return config_id, saved
 
 
 def get_rank_from_env():

@@ -4,6 +4,8 @@ and in docs/results.md under the same name."""
 
 
 def format_table(r):
+    """metrics.json's dict as aligned rows: section, key, value (with its
+    unit or what it is measured against)."""
     v, p, s = r['vqvae'], r['prior'], r['samples']
     ep = {k: c['epochs_trained'] for k, c in r['checkpoints'].items()}
     rows = [
@@ -15,7 +17,7 @@ def format_table(r):
         ('', 'codes_used', f'{v["codes_used"]}/{v["n_embedding"]}'),
         ('', 'perplexity', f'{v["perplexity"]:.2f}'),
     ]
-    if 'skipped' in p:
+    if 'skipped' in p:  # no prior, or one trained on another VQ-VAE
         return align(rows + [('prior', 'skipped', p['skipped'])])
     rows += [
         ('prior', 'epochs_trained', f'{ep["gen_model"]}'),
@@ -31,6 +33,9 @@ def format_table(r):
 
 
 def sample_rows(s):
+    """The samples' rows: their distances to the held-out images beside the
+    two references that say what a good value is (reconstructions: the
+    decoder's limit; real train images: the floor)."""
     fid = 'skipped' if s.get('fid') is None else f'{s["fid"]:.3f}'
     rows = [('', 'fid', f'{fid} ({s["fid_feature"]} features)')]
     if 'reference' in s:
@@ -56,5 +61,6 @@ def sample_rows(s):
 
 
 def align(rows):
+    """Rows as columns padded to their widest cell (no table library)."""
     w = [max(len(row[i]) for row in rows) for i in range(2)]
     return '\n'.join(f'{a:<{w[0]}}  {b:<{w[1]}}  {c}' for a, b, c in rows)
