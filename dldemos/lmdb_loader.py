@@ -186,12 +186,14 @@ def write_lmdb(folder, names, data_file, dataset_type=None, progress=True,
         txn.commit()
         txn = None
         env.sync()
-    finally:
+    except BaseException:  # Ctrl-C included: no half-written file left
         if txn is not None:
             txn.abort()
         env.close()
-        if sys.exc_info()[0] is not None and os.path.exists(tmp):
+        if os.path.exists(tmp):
             os.remove(tmp)
+        raise
+    env.close()
     os.replace(tmp, data_file)
     return len(names)
 

@@ -571,3 +571,21 @@ def test_evaluate_scores_a_labelled_folder_with_its_own_classifier(tmp_path):
     again = json.loads((work / 'metrics.json').read_text())
     assert again['config']['class_names'] == m['config']['class_names']
     assert again['prior'] == m['prior']
+
+
+def test_a_failed_single_file_conversion_leaves_nothing(tmp_path,
+                                                       monkeypatch):
+    folder = flat_folder(tmp_path / 'f', 6)
+    opened = []
+
+    def failing_open(path, *args, **kwargs):
+        opened.append(path)
+        if len(opened) == 3:
+            raise PermissionError(13, 'Permission denied', path)
+        return open(path, *args, **kwargs)
+    monkeypatch.setattr(lmdb_loader, 'open', failing_open, raising=False)
+    out = tmp_path / 'f.lmdb'
+    with pytest.raises(DataError) as e:
+        folder2lmdb(str(folder), str(out))
+    assert '\n' not in str(e.value) and '002.jpg' in str(e.value)
+    assert not out.exists() and not (tmp_path / 'f.lmdb.tmp').exists()
