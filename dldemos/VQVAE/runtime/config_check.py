@@ -19,6 +19,10 @@ SAMPLER_NAMES = ('cached', 'naive')
 # Largest image side we accept: the VQ-VAE's activations grow with H * W, and
 # a typo such as (3, 6400, 6400) would otherwise end in the kernel's OOM kill.
 MAX_IMG_SIDE = 1024
+# Largest learning rate accepted: an Adam step moves each weight by about
+# lr, so anything near this already diverges; far larger values (1e300) fail
+# inside the optimizer's fp32 arithmetic with a traceback.
+MAX_LR = 1e3
 # classes of the datasets with labels (a class-conditional prior needs them)
 N_CLASSES = {'MNIST': 10}
 # checkpoint paths of the two stages; their resume points and code caches sit
@@ -120,16 +124,19 @@ def check_ranges(cfg):
             if not (v is None and none_ok) and not (_is_int(v) and v >= low):
                 raise UsageError(f'{k}={v!r}: use an integer >= {low}'
                                  + (' or None' if none_ok else ''))
+    # an infinite lr (lr=1e999 parses to inf) turns the weights to NaN in
+    # one step, and one beyond fp32's range fails inside the optimizer; an
+    # infinite temperature divides every logit to 0 (uniform codes) and NaN
+    # poisons them: none of them is a usable value
     for k in ('lr', 'lr_2', 'temperature'):
         v = cfg[k]
         if not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                and v > 0):
-            raise UsageError(f'{k}={v!r}: use a number > 0')
-    # an infinite temperature divides every logit to 0 (uniform codes) and
-    # NaN poisons them: neither is sampling from the prior
-    if not math.isfinite(cfg['temperature']):
-        raise UsageError(f'temperature={cfg["temperature"]!r}: use a finite '
-                         'number > 0')
+                and v > 0 and math.isfinite(v)):
+            raise UsageError(f'{k}={v!r}: use a finite number > 0')
+    for k in ('lr', 'lr_2'):
+        if cfg[k] > MAX_LR:
+            raise UsageError(f'{k}={cfg[k]!r}: use a learning rate <= '
+                             f'{MAX_LR:g} (the configs use 1e-4 to 1e-2)')
     for k, valid in (('sampler', SAMPLER_NAMES),
                      ('dataset_type', DATASET_TYPES),
                      ('lr_schedule', SCHEDULES),

