@@ -73,3 +73,43 @@ def test_non_finite_weights_never_replace_the_last_good_files(
     assert ('lr_2' in msg) == (stage == '3')
     assert 'last good checkpoint' in msg
     assert {p: file_sha256(wd / p) for p in before} == before
+
+
+# ------------------------------------ absurd sizes, threads
+from dldemos.VQVAE.runtime.config_check import MAX_SIZES  # noqa: E402
+
+
+@pytest.mark.parametrize('key', sorted(MAX_SIZES))
+def test_absurd_sizes_are_refused_up_front(tiny_data_root, tmp_path, capsys,
+                                           key):
+    msg = fails(capsys, tiny_data_root, tmp_path,
+                f'{key}={MAX_SIZES[key] + 1}')
+    assert f'{key}=' in msg and f'at most {MAX_SIZES[key]}' in msg
+    assert not os.listdir(tmp_path)
+
+
+def test_all_configs_fit_the_size_caps():
+    from dldemos.VQVAE.configs import CONFIG_NAMES, get_cfg
+    for i in range(len(CONFIG_NAMES)):
+        cfg = get_cfg(i)
+        assert all(cfg[k] * 8 <= high for k, high in MAX_SIZES.items()), i
+
+
+@pytest.mark.parametrize('threads', ['0', '100000'])
+def test_absurd_thread_counts_are_refused(tiny_data_root, tmp_path, capsys,
+                                          threads):
+    msg = fails(capsys, tiny_data_root, tmp_path,
+                extra=['--threads', threads])
+    assert f'--threads {threads}' in msg and '1 to 1024' in msg
+
+
+def test_codes_beyond_int16_survive_the_cache():
+    from dldemos.VQVAE.loading.code_cache import encode_all
+    from dldemos.VQVAE.model import VQVAE
+    vqvae = VQVAE(1, 8, 40000)
+    with torch.no_grad():  # every position picks the last code
+        vqvae.vq_embedding.weight.fill_(100.0)
+        vqvae.vq_embedding.weight[-1] = 0.0
+    images = torch.rand(4, 1, 28, 28)
+    codes = encode_all(vqvae, torch.utils.data.DataLoader(images, 2), 'cpu')
+    assert codes.shape == (4, 7, 7) and bool((codes.long() == 39999).all())

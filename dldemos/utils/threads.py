@@ -27,13 +27,20 @@ def passive_wait():
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
+# More threads than this is a typo: OpenMP fails to start tens of
+# thousands of threads (a crash at the first kernel), and no machine this
+# runs on has that many cores.
+MAX_THREADS = 1024
+
+
 def configure_threads(n=None):
     """torch.set_num_threads(n) when n is given (None keeps torch's default:
     one thread per core, or OMP_NUM_THREADS). Returns the thread count."""
     import torch
     if n is not None:
-        if n < 1:
+        if not 1 <= n <= MAX_THREADS:
             from dldemos.utils.errors import UsageError
-            raise UsageError(f'--threads {n}: use an integer >= 1')
+            raise UsageError(f'--threads {n}: use an integer from 1 to '
+                             f'{MAX_THREADS} (the cores: {os.cpu_count()})')
         torch.set_num_threads(n)
     return torch.get_num_threads()

@@ -114,6 +114,16 @@ INT_RULES = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
              (('eval_subset',), True, 0)]
 
 
+# Largest model and sample sizes accepted, each 8x or more above what any
+# config uses: beyond them the models or their activations outgrow any one
+# machine's memory (the codebook search alone is [batch * h * w,
+# n_embedding] floats), and a typo such as pixelcnn_n_blocks=100000000 would
+# otherwise spend minutes building modules before an allocation error.
+MAX_SIZES = {'dim': 2048, 'n_embedding': 65536, 'pixelcnn_dim': 4096,
+             'pixelcnn_linear_dim': 4096, 'pixelcnn_n_blocks': 256,
+             'n_sample': 10000}
+
+
 def check_ranges(cfg):
     """Values of the right type but out of range (batch_size=0,
     save_every=0, lr=None, temperature=inf ...) fail deep inside a run, or
@@ -124,6 +134,10 @@ def check_ranges(cfg):
             if not (v is None and none_ok) and not (_is_int(v) and v >= low):
                 raise UsageError(f'{k}={v!r}: use an integer >= {low}'
                                  + (' or None' if none_ok else ''))
+    for k, high in MAX_SIZES.items():
+        if cfg[k] > high:
+            raise UsageError(f'{k}={cfg[k]}: use at most {high} (larger '
+                             'models or sample grids would exhaust memory)')
     # an infinite lr (lr=1e999 parses to inf) turns the weights to NaN in
     # one step, and one beyond fp32's range fails inside the optimizer; an
     # infinite temperature divides every logit to 0 (uniform codes) and NaN
