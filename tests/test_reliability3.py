@@ -113,3 +113,43 @@ def test_codes_beyond_int16_survive_the_cache():
     images = torch.rand(4, 1, 28, 28)
     codes = encode_all(vqvae, torch.utils.data.DataLoader(images, 2), 'cpu')
     assert codes.shape == (4, 7, 7) and bool((codes.long() == 39999).all())
+
+
+# ------------------------------------ plots.py on a garbage log
+GARBAGE = {
+    'string_epoch': '{"epoch": "a", "loss": 1}',
+    'list_epoch': '{"epoch": [1], "loss": 1}',
+    'bool_epoch': '{"epoch": true, "loss": 1}',
+    'string_loss': '{"epoch": 1, "loss": "x"}',
+    'dict_loss': '{"epoch": 1, "loss": {"a": 1}}',
+    'infinite_loss': '{"epoch": 1, "loss": 1e999}',
+    'not_an_object': '[1, 2, 3]',
+    'cut_short': '{"epoch": 1, "lo',
+}
+
+
+@pytest.mark.parametrize('garbage', sorted(GARBAGE))
+def test_plots_skip_garbage_log_lines(tmp_path, capsys, garbage):
+    from dldemos.VQVAE import plots
+    (tmp_path / 'log_vqvae.jsonl').write_text(
+        '{"epoch": 0, "loss": 0.5}\n' + GARBAGE[garbage] + '\n'
+        '{"epoch": 2, "loss": 0.25}\n')
+    plots.main([str(tmp_path)])
+    assert 'wrote' in capsys.readouterr().out
+    assert (tmp_path / plots.LOSS_PLOT).stat().st_size > 0
+    curve = plots.loss_panels(tmp_path)[0][1][0]  # (label, epochs, values)
+    assert list(curve[1]) == [0, 2] and list(curve[2]) == [0.5, 0.25]
+
+
+def test_plots_unwritable_output_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from test_reliability import REPO
+    (tmp_path / 'log_vqvae.jsonl').write_text('{"epoch": 0, "loss": 0.5}\n')
+    (tmp_path / 'loss_curves.png').mkdir()  # in the way of the plot
+    r = subprocess.run([sys.executable, str(REPO / 'dldemos' / 'VQVAE' /
+                                            'plots.py'), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith('error: could not '
+                                                     'redraw'), r.stderr
+    assert len(r.stderr.splitlines()) == 1
