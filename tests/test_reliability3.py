@@ -153,3 +153,81 @@ def test_plots_unwritable_output_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith('error: could not '
                                                      'redraw'), r.stderr
     assert len(r.stderr.splitlines()) == 1
+
+
+# ------------------------------------ signals
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from dldemos.utils.errors import Interrupted, report_errors  # noqa: E402
+from dldemos.VQVAE.training import epoch_runner  # noqa: E402
+from test_reliability import REPO  # noqa: E402
+
+
+@pytest.fixture
+def own_handlers():
+    """Put back this process's signal handlers after the test."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.parametrize('script', ['main.py', 'evaluate.py',
+                                    'dist_train_vqvae.py'])
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_the_imports_is_one_line(tmp_path, script, sig):
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / 'dldemos' / 'VQVAE' / script), '-c', '5',
+         '--work-dir', str(tmp_path)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # the interpreter is up; torch is still loading
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.splitlines() == [f'stopped by {sig.name}'], err
+    assert not os.listdir(tmp_path)
+
+
+def toy_stage(tmp_path):
+    model = torch.nn.Linear(1, 1)
+    return epoch_runner.Stage('toy', model,
+                              torch.optim.SGD(model.parameters(), 0.1),
+                              str(tmp_path / 'toy.pth'), 'n_epochs',
+                              'toy.jsonl', ('loss',))
+
+
+def test_signals_after_the_resume_point_is_saved_are_ignored(
+        tmp_path, capsys, own_handlers):
+    ctx = SimpleNamespace(cfg={'n_epochs': 1}, device=torch.device('cpu'))
+    stage = toy_stage(tmp_path)
+
+    def stopped_run():
+        try:
+            with epoch_runner.StopFlag():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                try:
+                    epoch_runner.save_resume_point_and_stop(ctx, stage, 1)
+                finally:  # the third, once the resume point is saved
+                    os.kill(os.getpid(), signal.SIGINT)
+        finally:  # more, while the stop unwinds to its message
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+    capsys.readouterr()
+    assert report_errors(stopped_run) == 130
+    err = capsys.readouterr().err
+    # the stop's own message, naming the file really written
+    assert 'resume point saved in' in err and 'toy.resume.pth' in err
+    assert 'nothing was saved' not in err
+    assert os.path.isfile(tmp_path / 'toy.resume.pth')
+
+
+def test_stop_message_names_the_resume_point(tmp_path):
+    ctx = SimpleNamespace(cfg={'n_epochs': 1}, device=torch.device('cpu'))
+    with pytest.raises(Interrupted) as e:
+        epoch_runner.save_resume_point_and_stop(ctx, toy_stage(tmp_path), 0)
+    assert str(tmp_path / 'toy.resume.pth') in str(e.value)

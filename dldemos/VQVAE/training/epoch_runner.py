@@ -75,10 +75,16 @@ class Stage:
 class StopFlag:
     """Turns SIGINT / SIGTERM into a flag the loop polls, so it can save a
     resume point and exit cleanly instead of dying mid-write. A second
-    signal does not abort that save; a third quits at once."""
+    signal does not abort that save; a third quits at once, unless the
+    resume point is saved already. Once a signal came the run is ending:
+    signals after the loop (while the stop message is printed and the
+    process exits) are ignored, not turned into a traceback."""
+
+    active = None  # the flag of the loop running now (see mark_saved)
 
     def __init__(self):
         self.signum, self.count, self._old = None, 0, {}
+        self.saved = False
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -86,10 +92,13 @@ class StopFlag:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        StopFlag.active = self
         return self
 
     def _handle(self, signum, frame):
         self.count += 1
+        if self.saved:  # nothing left to abort: the run is ending anyway
+            return
         if self.count >= 3:
             raise KeyboardInterrupt
         self.signum = self.signum or signum
@@ -100,12 +109,23 @@ class StopFlag:
                  b'\nstill saving the resume point: signal once more to quit '
                  b'without saving\n')
 
+    @classmethod
+    def mark_saved(cls):
+        if cls.active is not None:
+            cls.active.saved = True
+
     def __exit__(self, *exc):
+        StopFlag.active = None
         for s, old in self._old.items():
-            signal.signal(s, old)
+            signal.signal(s, ignore_late_signal if self.count else old)
 
     def __bool__(self):
         return self.signum is not None
+
+
+def ignore_late_signal(signum, frame):
+    """A signal after a stop began: the run is already ending with 130.
+    (A Python handler, not SIG_IGN, which child processes would inherit.)"""
 
 
 def stop_requested(stop, device):
@@ -217,8 +237,10 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
                             ctx.cfg, epoch, step, sums, rng,
                             stage.provenance, stage.extra)
     barrier()  # no rank exits while rank 0 is still writing
+    StopFlag.mark_saved()
     raise Interrupted(f'stopped in {stage.name} epoch {epoch}; resume point '
-                      f'saved in {stage.path}: rerun with --resume to go on')
+                      f'saved in {resume_path(stage.path)}: rerun with '
+                      '--resume to go on')
 
 
 def fmt(v):
