@@ -231,3 +231,42 @@ def test_stop_message_names_the_resume_point(tmp_path):
     with pytest.raises(Interrupted) as e:
         epoch_runner.save_resume_point_and_stop(ctx, toy_stage(tmp_path), 0)
     assert str(tmp_path / 'toy.resume.pth') in str(e.value)
+
+
+# ------------------------------------ clean message, wrong behaviour
+def test_checkpoint_path_without_an_extension(tiny_data_root, tmp_path):
+    run_main(tiny_data_root, tmp_path, 'vqvae_path=mymodel',
+             'gen_model_path=myprior', stages='1,3')
+    assert os.path.isfile(tmp_path / 'mymodel')
+    assert os.path.isfile(tmp_path / 'mymodel.resume.pth')
+    assert os.path.isfile(tmp_path / 'myprior')
+
+
+def test_checkpoint_roots_still_may_not_collide(tiny_data_root, tmp_path,
+                                                capsys):
+    msg = fails(capsys, tiny_data_root, tmp_path, 'vqvae_path=mymodel',
+                'gen_model_path=mymodel.pt', stages='1')
+    assert 'same file' in msg
+
+
+@pytest.mark.parametrize('option, value', [('l_w_embedding=0.5', 0.5),
+                                           ('l_w_embedding=2', 2),
+                                           ('l_w_commitment=1', 1.0)])
+def test_loss_weights_take_any_number(option, value):
+    from dldemos.VQVAE.runtime.config_check import load_cfg
+    key = option.split('=')[0]
+    assert load_cfg(5, [option])[key] == value
+
+
+@pytest.mark.parametrize('option', ['l_w_embedding=-1', 'l_w_embedding=1e999',
+                                    'n_epochs=1.5', 'batch_size=16.0'])
+def test_bad_numbers_are_refused(option):
+    from dldemos.utils.errors import UsageError
+    from dldemos.VQVAE.runtime.config_check import load_cfg
+    with pytest.raises(UsageError, match=option.split('=')[0]):
+        load_cfg(5, [option])
+
+
+def test_half_embedding_weight_trains(tiny_data_root, tmp_path):
+    run_main(tiny_data_root, tmp_path, 'l_w_embedding=0.5', stages='1')
+    assert os.path.isfile(tmp_path / VQ)

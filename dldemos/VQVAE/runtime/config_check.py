@@ -55,6 +55,10 @@ def parse_value(text, default):
     # type(...) is int: a bool is an int to isinstance, and True is no lr
     if isinstance(default, float) and type(value) is int:
         return float(value)
+    # numbers are numbers: a weight such as l_w_embedding=1 takes 0.5; the
+    # keys that must be whole numbers are held to it by check_ranges
+    if type(default) is int and type(value) is float:
+        return value
     if isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
     if type(value) is not type(default):
@@ -147,6 +151,10 @@ def check_ranges(cfg):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool)
                 and v > 0 and math.isfinite(v)):
             raise UsageError(f'{k}={v!r}: use a finite number > 0')
+    for k in ('l_w_embedding', 'l_w_commitment'):  # loss weights
+        v = cfg[k]
+        if not (_is_number(v) and 0 <= v < math.inf):
+            raise UsageError(f'{k}={v!r}: use a finite number >= 0')
     for k in ('lr', 'lr_2'):
         if cfg[k] > MAX_LR:
             raise UsageError(f'{k}={cfg[k]!r}: use a learning rate <= '

@@ -49,7 +49,9 @@ def check_outputs(ctx):
     paths = {}
     for key in ('vqvae_path', 'gen_model_path'):
         ckpt = os.path.abspath(ctx.ckpt(key))
-        for path in (ckpt, resume_path(ckpt), os.path.splitext(ckpt)[0]):
+        # a set: a path without an extension is its own root
+        for path in dict.fromkeys((ckpt, resume_path(ckpt),
+                                   os.path.splitext(ckpt)[0])):
             if path in paths:
                 raise UsageError(f'{key} and {paths[path]} resolve to the '
                                  f'same file {path}: give them different '
