@@ -270,3 +270,48 @@ def test_bad_numbers_are_refused(option):
 def test_half_embedding_weight_trains(tiny_data_root, tmp_path):
     run_main(tiny_data_root, tmp_path, 'l_w_embedding=0.5', stages='1')
     assert os.path.isfile(tmp_path / VQ)
+
+
+@pytest.mark.parametrize('first, then', [(False, True), (True, False)])
+def test_codebook_ema_switched_at_resume(tiny_data_root, tmp_path, first,
+                                         then):
+    run_main(tiny_data_root, tmp_path, f'codebook_ema={first}', stages='1')
+    before = load_file(tmp_path / resume_path(VQ))
+    run_main(tiny_data_root, tmp_path, f'codebook_ema={then}', 'n_epochs=2',
+             stages='1', extra=['--resume'])
+    after = load_file(tmp_path / resume_path(VQ))
+    assert after['epoch'] == 2
+    trained = after['param_names'][0]
+    assert ('vq_embedding.weight' in trained) == (not then)
+    # every trained parameter has its optimizer state, no other one
+    assert len(after['optimizer']['state']) == len(trained)
+    assert len(trained) == len(before['model']) - then  # no buffers
+    # EMA statistics started (from the codebook) once EMA was on
+    assert bool((after['extra']['ema_count'] >= 0).all())
+
+
+def test_optimizer_state_follows_parameters_by_name():
+    from dldemos.VQVAE.runtime.checkpoint import (param_names,
+                                                  remap_optimizer_state)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    everything = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 2)).sum().backward()
+    everything.step()
+    saved, names = everything.state_dict(), param_names(model, everything)
+    # the first layer's weight no longer trained (as the codebook under EMA)
+    fewer = torch.optim.Adam(list(model.parameters())[1:])
+    fewer.load_state_dict(remap_optimizer_state(
+        saved, names, fewer, param_names(model, fewer)))
+    for p in list(model.parameters())[1:]:
+        assert torch.equal(fewer.state[p]['exp_avg'],
+                           everything.state[p]['exp_avg'])
+    # and back: the weight starts afresh, the others keep their state
+    again = torch.optim.Adam(model.parameters())
+    again.load_state_dict(remap_optimizer_state(
+        fewer.state_dict(), param_names(model, fewer), again,
+        param_names(model, again)))
+    first = list(model.parameters())[0]
+    assert first not in again.state or not again.state[first]
+    assert torch.equal(again.state[list(model.parameters())[1]]['exp_avg'],
+                       everything.state[list(model.parameters())[1]]
+                       ['exp_avg'])
