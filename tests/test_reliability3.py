@@ -315,3 +315,19 @@ def test_optimizer_state_follows_parameters_by_name():
     assert torch.equal(again.state[list(model.parameters())[1]]['exp_avg'],
                        everything.state[list(model.parameters())[1]]
                        ['exp_avg'])
+
+
+@pytest.mark.parametrize('key, stages', [('vqvae_path', '1'),
+                                         ('gen_model_path', '1,3')])
+def test_unwritable_checkpoint_folder_is_found_before_training(
+        tiny_data_root, tmp_path, capsys, key, stages):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    wd = tmp_path / 'wd'
+    msg = fails(capsys, tiny_data_root, wd, f'{key}={blocker}/m.pth',
+                stages=stages)
+    assert 'could not write' in msg and 'a_file/m.pth' in msg
+    # the stage whose checkpoint cannot be written trained no epoch
+    log = 'log_vqvae.jsonl' if key == 'vqvae_path' else 'log_pixelcnn.jsonl'
+    assert not (wd / log).exists()
+    assert not list(tmp_path.glob('**/.*probe*'))

@@ -67,6 +67,29 @@ def write_atomic(path, mode, write):
         discard(tmp)
 
 
+def check_writable(path):
+    """Raise CheckpointError now, before any training, if path's folder
+    cannot take a file (created if missing): an unwritable checkpoint path
+    outside the work dir was otherwise found at the first save, an epoch
+    later. A probe file is written and removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, f'.{os.path.basename(path)}.probe.{HOST}.'
+                         f'{os.getpid()}')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, 'wb'):
+            pass
+    except OSError as e:
+        raise CheckpointError(f'could not write {path} ({e.strerror or e}): '
+                              'check that its folder is writable or pick '
+                              'another path') from None
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
+
+
 # temp file names carry host and pid, so that a save can tell the temp file
 # of a killed save from that of another run saving to the same path now
 HOST = socket.gethostname()

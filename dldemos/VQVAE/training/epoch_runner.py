@@ -36,7 +36,8 @@ from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
 from dldemos.utils.errors import (CheckpointError, Interrupted,
                                   NonFiniteLoss, UsageError)
-from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint, load_file,
+from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint,
+                                      check_writable, load_file,
                                       load_training_state, resume_path,
                                       rng_state, save_atomic,
                                       save_training_state)
@@ -372,6 +373,8 @@ def run_epochs(ctx, stage, loader, sampler, step):
     step(batch) -> (loss terms (0-d tensors, in stage.terms order, the total
     loss first), batch size, anything stage.bar_info shows).
     """
+    # every rank: an error on rank 0 alone would leave the others waiting
+    check_writable(stage.path)
     start_epoch, start_step, start_sums = resume_or_start(ctx, stage)
     # a resumed run rewrites the log from its first epoch on
     start_jsonl(ctx.out(stage.log_name), start_epoch)
