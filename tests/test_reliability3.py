@@ -331,3 +331,51 @@ def test_unwritable_checkpoint_folder_is_found_before_training(
     log = 'log_vqvae.jsonl' if key == 'vqvae_path' else 'log_pixelcnn.jsonl'
     assert not (wd / log).exists()
     assert not list(tmp_path.glob('**/.*probe*'))
+
+
+# ------------------------------------ what a first run shows
+class CountingBar:
+    """tqdm stand-in that counts postfix updates."""
+    updates = 0
+
+    def __init__(self, iterable, **kw):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, info):
+        CountingBar.updates += 1
+
+
+def test_bar_updates_when_batches_are_slow(monkeypatch):
+    from test_reliability import epoch_setup
+    monkeypatch.setattr(epoch_runner, 'tqdm', CountingBar)
+    monkeypatch.setattr(epoch_runner, 'BAR_SECONDS', 0.0, raising=False)
+    CountingBar.updates = 0
+    ctx, stage, loader, sampler, step = epoch_setup(5)
+    epoch_runner.run_epoch(ctx, stage, loader, sampler, step, 0, 0, [],
+                           None)
+    # 5 batches, each slower than BAR_SECONDS: every one shows its loss
+    assert CountingBar.updates == 5
+
+
+def test_epoch_line_is_rounded_and_the_log_exact(tiny_data_root, tmp_path,
+                                                 capsys):
+    import re
+    from dldemos.VQVAE.runtime.logs import read_jsonl
+    run_main(tiny_data_root, tmp_path, stages='1')
+    out = capsys.readouterr().out
+    printed = re.search(r'^epoch 0 loss: (\S+) ', out, re.M).group(1)
+    logged = read_jsonl(tmp_path / 'log_vqvae.jsonl')[0]['loss']
+    assert printed == f'{logged:.4g}' and len(printed) <= 10
+    assert f'{logged:.4g}' != repr(logged)  # the log keeps every digit
+    assert re.search(r'^batch size: 16$', out, re.M), out
+
+
+def test_batch_line_names_ranks_only_under_torchrun(monkeypatch):
+    from dldemos.VQVAE.runtime import logs
+    assert logs.batch_line(256) == 'batch size: 256'
+    monkeypatch.setattr(logs, 'is_dist', lambda: True)
+    monkeypatch.setattr(logs, 'get_world_size', lambda: 4)
+    assert logs.batch_line(256) == 'batch size: 256 x 4 ranks'

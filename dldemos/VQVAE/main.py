@@ -28,7 +28,7 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
 import torch
 import torch.nn as nn
 
-from dldemos.utils.dist_utils import get_world_size, is_dist
+from dldemos.utils.dist_utils import is_dist
 from dldemos.utils.errors import report_errors
 from dldemos.utils.threads import configure_threads
 from dldemos.VQVAE.runtime.build import autocast, build_models, prepare_for_training
@@ -43,7 +43,7 @@ from dldemos.VQVAE.runtime.context import (RunContext, announce, check_outputs,
                                    seed_everything)
 from dldemos.VQVAE.training.epoch_runner import Stage, run_epochs
 from dldemos.VQVAE.loading.loaders import check_data, image_loader, prior_loader
-from dldemos.VQVAE.runtime.logs import StageTimer, log
+from dldemos.VQVAE.runtime.logs import StageTimer, batch_line, log
 from dldemos.VQVAE.training.lr_schedule import stage_lr
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.training.monitor import prior_hooks, vqvae_hooks
@@ -56,7 +56,7 @@ from dldemos.VQVAE.runtime.work_lock import unlock_work_dir
 def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     cfg, device = ctx.cfg, ctx.device
     # under torchrun batch_size is per process: say the effective batch
-    log('batch size:', cfg['batch_size'], 'x', get_world_size(), 'ranks')
+    log(batch_line(cfg['batch_size']))
     # the sampler shards the data over the ranks and reshuffles per epoch
     dataloader, sampler = image_loader(ctx, cfg['batch_size'],
                                        subset=cfg['train_subset'],
@@ -117,7 +117,7 @@ def reconstruct(model, x, device, dataset_type='MNIST',
 # ------------------------------------------------------ 3. train the prior
 def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     cfg, device = ctx.cfg, ctx.device
-    log('batch size:', cfg['batch_size_2'], 'x', get_world_size(), 'ranks')
+    log(batch_line(cfg['batch_size_2']))
     # the VQ-VAE is frozen here: it only turns images into codes
     vqvae.to(device)
     vqvae.eval()

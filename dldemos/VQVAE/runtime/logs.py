@@ -4,13 +4,20 @@ import json
 import os
 import time
 
-from dldemos.utils.dist_utils import is_main
+from dldemos.utils.dist_utils import get_world_size, is_dist, is_main
 from dldemos.VQVAE.runtime.checkpoint import plain
 
 
 def log(*args):
     if is_main():
         print(*args, flush=True)
+
+
+def batch_line(batch_size):
+    """'batch size: 256'; under torchrun, where batch_size is per process,
+    'batch size: 256 x 4 ranks'."""
+    ranks = f' x {get_world_size()} ranks' if is_dist() else ''
+    return f'batch size: {batch_size}{ranks}'
 
 
 STAGE_LINE = 'stage {k} ({name}) took {seconds:.1f} s'

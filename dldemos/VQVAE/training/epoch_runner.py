@@ -48,6 +48,10 @@ from dldemos.VQVAE.plots import update_loss_plot
 # batches keeps the GPUs streaming and still stops within seconds.
 STOP_CHECK_EVERY = 16
 BAR_EVERY = 20  # batches between progress-bar updates (each syncs the host)
+# ... or sooner once this many seconds passed: slow batches (a CPU, a short
+# epoch) would otherwise show one batch's loss for minutes, as if stuck,
+# and a host sync a second costs a GPU nothing
+BAR_SECONDS = 1.0
 
 
 @dataclass
@@ -270,6 +274,7 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
     # one process: a bool test per batch; DDP: an all-reduce every few
     check_every = STOP_CHECK_EVERY if is_dist() else 1
     tic, n_seen = time.perf_counter(), 0
+    shown = tic  # when the bar's numbers were last updated
     # epochs count from 0, as the tutorial's epoch line does
     last = ctx.cfg[stage.epochs_key] - 1
     bar = tqdm(remaining_batches(loader, sampler, skip),
@@ -285,8 +290,11 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
         k = max(0, min(n, n_real - i * loader.batch_size))
         sums += torch.stack([t.detach().float() for t in terms] + [one]) * k
         n_seen += n
-        # .item() waits for the GPU: only every BAR_EVERY batches
-        if is_main() and i % BAR_EVERY == 0:
+        # .item() waits for the GPU: only every BAR_EVERY batches, or after
+        # BAR_SECONDS
+        now = time.perf_counter()
+        if is_main() and (i % BAR_EVERY == 0 or now - shown >= BAR_SECONDS):
+            shown = now
             info = {name: fmt(t.item()) for name, t in zip(stage.terms, terms)}
             if stage.bar_info is not None:
                 info.update(stage.bar_info(out))
@@ -321,7 +329,8 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
         append_jsonl(ctx.out(stage.log_name), record)
         # the tutorial's line, then the held-out numbers beside it
         extra = stage.describe(record) if stage.describe else ''
-        print(f'epoch {epoch} loss: {means[0]} elapsed {elapsed:.2f}s'
+        # 4 significant digits (the JSONL log keeps every digit)
+        print(f'epoch {epoch} loss: {means[0]:.4g} elapsed {elapsed:.2f}s'
               + (f' | {extra}' if extra else ''), flush=True)
         update_loss_plot(ctx.work_dir)
         every = ctx.cfg['preview_every'] if ctx.cfg['n_preview'] else 0
