@@ -379,3 +379,33 @@ def test_batch_line_names_ranks_only_under_torchrun(monkeypatch):
     monkeypatch.setattr(logs, 'is_dist', lambda: True)
     monkeypatch.setattr(logs, 'get_world_size', lambda: 4)
     assert logs.batch_line(256) == 'batch size: 256 x 4 ranks'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('late', [signal.SIGINT, signal.SIGTERM])
+def test_a_storm_of_signals_ends_in_130_without_a_traceback(
+        tiny_data_root, tmp_path, late):
+    from test_reliability import spawn
+    # batch_size=1 over the 64 tiny MNIST images: 64 batches an epoch
+    proc = spawn(tiny_data_root, tmp_path, 'batch_size=1',
+                 'train_subset=None', 'eval_subset=None', 'preview_every=0',
+                 'n_epochs=1000', stages='1')
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / resume_path(VQ)).exists():  # in epoch 2 now
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        # more signals while it saves, prints its message and exits
+        for _ in range(200):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(late)
+            time.sleep(0.005)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert 'Traceback' not in err, err
+    load_file(tmp_path / resume_path(VQ))  # whole and readable
