@@ -3,15 +3,23 @@ resume point's weights, non-finite weights are never saved, forged code
 caches are rebuilt, absurd sizes and signals end in one line, and what a
 first run prints."""
 import os
-import shutil
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from dldemos.utils.errors import Interrupted, report_errors
 from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_file,
                                               resume_path, save_atomic)
-from test_reliability import (GEN, VQ, copy_of, fails, run_main,  # noqa
-                              trained)
+from dldemos.VQVAE.runtime.config_check import MAX_SIZES
+from dldemos.VQVAE.training import epoch_runner
+from test_reliability import (GEN, REPO, VQ, copy_of, epoch_setup, fails,
+                              run_main, spawn)
+from test_reliability import trained  # noqa: F401 (a fixture)
 
 
 def same_weights(a, b):
@@ -76,7 +84,6 @@ def test_non_finite_weights_never_replace_the_last_good_files(
 
 
 # ------------------------------------ absurd sizes, threads
-from dldemos.VQVAE.runtime.config_check import MAX_SIZES  # noqa: E402
 
 
 @pytest.mark.parametrize('key', sorted(MAX_SIZES))
@@ -142,9 +149,6 @@ def test_plots_skip_garbage_log_lines(tmp_path, capsys, garbage):
 
 
 def test_plots_unwritable_output_is_one_line(tmp_path):
-    import subprocess
-    import sys
-    from test_reliability import REPO
     (tmp_path / 'log_vqvae.jsonl').write_text('{"epoch": 0, "loss": 0.5}\n')
     (tmp_path / 'loss_curves.png').mkdir()  # in the way of the plot
     r = subprocess.run([sys.executable, str(REPO / 'dldemos' / 'VQVAE' /
@@ -156,15 +160,6 @@ def test_plots_unwritable_output_is_one_line(tmp_path):
 
 
 # ------------------------------------ signals
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-from dldemos.utils.errors import Interrupted, report_errors  # noqa: E402
-from dldemos.VQVAE.training import epoch_runner  # noqa: E402
-from test_reliability import REPO  # noqa: E402
 
 
 @pytest.fixture
@@ -349,7 +344,6 @@ class CountingBar:
 
 
 def test_bar_updates_when_batches_are_slow(monkeypatch):
-    from test_reliability import epoch_setup
     monkeypatch.setattr(epoch_runner, 'tqdm', CountingBar)
     monkeypatch.setattr(epoch_runner, 'BAR_SECONDS', 0.0, raising=False)
     CountingBar.updates = 0
@@ -385,7 +379,6 @@ def test_batch_line_names_ranks_only_under_torchrun(monkeypatch):
 @pytest.mark.parametrize('late', [signal.SIGINT, signal.SIGTERM])
 def test_a_storm_of_signals_ends_in_130_without_a_traceback(
         tiny_data_root, tmp_path, late):
-    from test_reliability import spawn
     # batch_size=1 over the 64 tiny MNIST images: 64 batches an epoch
     proc = spawn(tiny_data_root, tmp_path, 'batch_size=1',
                  'train_subset=None', 'eval_subset=None', 'preview_every=0',
