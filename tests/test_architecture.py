@@ -1,6 +1,8 @@
-"""The package's shape: modules form a DAG, main.py is a script that only the
-torchrun launchers import (for its two training functions), and main.py stays
-short enough to read beside the tutorial."""
+"""The package's shape: modules form a DAG in layers, dldemos/VQVAE shows
+the tutorial's files with the machinery in subpackages, main.py is a script
+that only the torchrun launchers import (for its two training functions), and
+main.py and evaluate.py stay short enough to read in one sitting."""
+import pytest
 import ast
 from pathlib import Path
 
@@ -93,9 +95,85 @@ def test_only_the_launchers_import_main_and_only_its_stages():
         assert set(names) <= {'train_vqvae', 'train_generative_model'}
 
 
-def test_main_reads_in_one_sitting():
-    path = PACKAGE / 'VQVAE' / 'main.py'
-    assert len(path.read_text().splitlines()) <= 260
+@pytest.mark.parametrize('name, max_lines', [('main.py', 230),
+                                             ('evaluate.py', 220)])
+def test_entry_scripts_read_in_one_sitting(name, max_lines):
+    path = PACKAGE / 'VQVAE' / name
+    assert len(path.read_text().splitlines()) <= max_lines
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.FunctionDef):
             assert node.end_lineno - node.lineno < 60, node.name
+
+
+def test_main_imports_at_most_12_project_modules():
+    """Counted at module level: the `if __name__ == '__main__'` preamble
+    that makes dldemos importable and sets the thread policy before torch
+    loads runs only for the script, not for an importer."""
+    tree = ast.parse((PACKAGE / 'VQVAE' / 'main.py').read_text())
+    mods = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)
+            and n.module.startswith('dldemos')}
+    assert 0 < len(mods) <= 12, sorted(mods)
+
+
+# what a reader of the tutorial looks for at the top of dldemos/VQVAE
+TUTORIAL_FILES = {'configs', 'dataset', 'model', 'pixelcnn_model', 'main',
+                  'dist_train_pixelcnn', 'dist_train_vqvae', 'evaluate',
+                  'sampling', 'plots'}
+
+
+def test_vqvae_top_level_holds_the_tutorials_files():
+    top = {p.stem for p in (PACKAGE / 'VQVAE').glob('*.py')} - {'__init__'}
+    assert TUTORIAL_FILES <= top and len(top) <= 12, sorted(top)
+
+
+# layer of each part of the package: a module may import its own layer
+# (within one package) or lower ones, never a higher one
+LAYERS = [
+    ('dldemos.utils', 'dldemos.pixelcnn'),
+    ('dldemos.lmdb_loader', 'dldemos.VQVAE.configs', 'dldemos.VQVAE.dataset',
+     'dldemos.VQVAE.model', 'dldemos.VQVAE.pixelcnn_model'),
+    ('dldemos.VQVAE.runtime',),
+    ('dldemos.VQVAE.loading', 'dldemos.VQVAE.sampling'),
+    ('dldemos.VQVAE.plots',),
+    ('dldemos.VQVAE.scoring',),
+    ('dldemos.VQVAE.training',),
+    ('dldemos.VQVAE.main', 'dldemos.VQVAE.evaluate',
+     'dldemos.VQVAE.dist_train_vqvae', 'dldemos.VQVAE.dist_train_pixelcnn'),
+]
+
+
+def layer_of(module):
+    for i, parts in enumerate(LAYERS):
+        for part in parts:
+            if module == part or module.startswith(part + '.'):
+                return i, part
+    return None, None
+
+
+def test_every_module_has_a_layer():
+    missing = [m for m in modules() if layer_of(m)[0] is None
+               and m not in ('dldemos', 'dldemos.VQVAE')]
+    assert not missing
+
+
+def test_imports_go_down_the_layers():
+    """runtime imports nothing from loading, training or scoring; scoring
+    nothing from training; nothing imports an entry script but the
+    launchers (checked above)."""
+    bad = []
+    for module, deps in import_graph().items():
+        (mine, part) = layer_of(module)
+        for dep in deps:
+            theirs, dep_part = layer_of(dep)
+            if mine is None or theirs is None or dep.startswith(
+                    'dldemos.VQVAE.main'):
+                continue
+            if theirs > mine or (theirs == mine and part != dep_part and
+                                 mine > 1):
+                bad.append(f'{module} -> {dep}')
+    assert not bad, bad
+
+
+def test_layer_check_sees_a_violation():
+    assert layer_of('dldemos.VQVAE.runtime.setup')[0] < \
+        layer_of('dldemos.VQVAE.training.codebook')[0]

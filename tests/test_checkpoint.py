@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from dldemos.VQVAE.runtime import checkpoint
-from dldemos.VQVAE.runtime.checkpoint import (CheckpointError, load_file, load_model,
-                                      load_training_state, resume_path,
-                                      rng_state, save_atomic,
-                                      save_training_state, set_rng_state)
+from dldemos.VQVAE.runtime import files, resume_point
+from dldemos.VQVAE.runtime.files import (CheckpointError, load_file,
+                                         load_model, save_atomic)
+from dldemos.VQVAE.runtime.resume_point import (load_training_state,
+                                                resume_path, rng_state,
+                                                save_training_state,
+                                                set_rng_state)
 from dldemos.VQVAE.model import VQVAE
 
 
@@ -217,14 +219,14 @@ def test_resume_point_is_consistent_if_killed_between_writes(tmp_path,
     model, opt = make_trained(0)
     save_training_state(path, model, opt, {}, epoch=1)
     model2, opt2 = make_trained(1)
-    real = checkpoint.save_atomic
+    real = resume_point.save_atomic
 
     def die_on_model_file(obj, p):
         if str(p) == path:
             raise KeyboardInterrupt  # killed before the second write
         real(obj, p)
 
-    monkeypatch.setattr(checkpoint, 'save_atomic', die_on_model_file)
+    monkeypatch.setattr(resume_point, 'save_atomic', die_on_model_file)
     with pytest.raises(KeyboardInterrupt):
         save_training_state(path, model2, opt2, {}, epoch=2)
     fresh, fresh_opt = make_trained(2)
@@ -297,11 +299,10 @@ def test_mid_epoch_resume_refuses_changed_batches(tmp_path, step, key, ok):
 def test_mid_epoch_resume_refuses_another_number_of_processes(tmp_path,
                                                              monkeypatch):
     # each rank's shard of an epoch depends on the world size
-    from dldemos.VQVAE.runtime import checkpoint
     path = str(tmp_path / 'm.pth')
     model, opt = make_trained(0)
     save_training_state(path, model, opt, {}, epoch=1, step=4)
-    monkeypatch.setattr(checkpoint, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(resume_point, 'get_world_size', lambda: 2)
     with pytest.raises(CheckpointError, match='processes 1 -> 2'):
         load_training_state(path, model, opt, {})
 
@@ -337,17 +338,17 @@ def test_save_on_a_full_disk_says_so_and_keeps_the_old_file(tiny_fs):
 
 def test_text_write_on_a_full_disk_says_so_and_keeps_the_old_file(tiny_fs):
     path = tiny_fs / 'config.json'
-    checkpoint.write_text_atomic(path, '{"lr": 0.001}\n')
+    files.write_text_atomic(path, '{"lr": 0.001}\n')
     with pytest.raises(CheckpointError, match='the disk is full'):
-        checkpoint.write_text_atomic(path, 'x' * 2**21)
+        files.write_text_atomic(path, 'x' * 2**21)
     assert path.read_text() == '{"lr": 0.001}\n'
     assert leftovers(tiny_fs) == []
 
 
 def test_write_text_atomic_replaces_the_file(tmp_path):
     path = tmp_path / 'sub' / 'command.txt'
-    checkpoint.write_text_atomic(path, 'one\n')
-    checkpoint.write_text_atomic(path, 'two\n')
+    files.write_text_atomic(path, 'one\n')
+    files.write_text_atomic(path, 'two\n')
     assert path.read_text() == 'two\n'
     assert leftovers(path.parent) == []
 
@@ -362,7 +363,7 @@ def test_torch_write_error_is_judged_by_free_space(tmp_path, monkeypatch,
                            'unexpected pos 704 vs 598')
 
     monkeypatch.setattr(torch, 'save', failing_save)
-    monkeypatch.setattr(checkpoint.shutil, 'disk_usage',
+    monkeypatch.setattr(files.shutil, 'disk_usage',
                         lambda p: SimpleNamespace(free=free))
     with pytest.raises(CheckpointError if full else RuntimeError) as err:
         save_atomic({'w': torch.ones(3)}, tmp_path / 'a.pth')

@@ -34,7 +34,8 @@ def save_vqvae(cfg, seed):
 
 
 def cached_codes(vqvae, cfg, root, tmp_path):
-    ctx = RunContext(cfg, torch.device('cpu'), str(tmp_path), str(root), 0)
+    ctx = RunContext(cfg, torch.device('cpu'), str(tmp_path),
+                     str(root))
     loader, _ = code_loader(ctx, vqvae, 'train', shuffle=False,
                             batch_size=16)
     return torch.cat([b[0] for b in loader])
@@ -111,7 +112,8 @@ def test_prior_from_cache_matches_encoding_every_batch(tiny_data_root,
         torch.manual_seed(1)
         _, prior = build_models(cfg)
         train_generative_model(vqvae, prior, RunContext(
-            cfg, torch.device('cpu'), str(work), str(tiny_data_root), 3))
+            dict(cfg, seed=3), torch.device('cpu'), str(work),
+            str(tiny_data_root)))
         out[use_cache] = (losses(work), prior.state_dict())
         assert os.path.exists(code_cache.cache_path(
             cfg['vqvae_path'], 'train')) == use_cache
@@ -133,7 +135,7 @@ def test_speed_flags_do_not_change_cpu_results(tiny_data_root, tmp_path):
         torch.manual_seed(0)
         vqvae = VQVAE(1, cfg['dim'], cfg['n_embedding'])
         train_vqvae(vqvae, RunContext(cfg, torch.device('cpu'), str(work),
-                                      str(tiny_data_root), 0))
+                     str(tiny_data_root)))
         with open(work / 'log_vqvae.jsonl') as f:
             results.append((json.loads(f.readline())['loss'],
                             vqvae.state_dict()))

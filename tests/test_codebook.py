@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.runtime.build import build_models
-from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE.runtime.files import load_file, load_model
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.training.codebook import CodebookTrainer, flat, kmeans
 from dldemos.VQVAE.runtime.config_check import load_cfg
 from dldemos.VQVAE.configs import get_cfg

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dldemos.VQVAE.runtime.checkpoint import load_model, save_training_state
+from dldemos.VQVAE.runtime.files import load_model
+
+from dldemos.VQVAE.runtime.resume_point import save_training_state
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.model import VQVAE

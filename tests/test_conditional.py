@@ -15,7 +15,8 @@ from dldemos.VQVAE.loading import code_cache
 from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.runtime.build import build_models
-from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE.runtime.files import load_file, load_model
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.context import RunContext
 from dldemos.VQVAE.dataset import get_dataloader, get_dataset
 from dldemos.VQVAE.loading.loaders import code_loader
@@ -61,7 +62,8 @@ def test_faces_have_no_labels(tiny_data_root, dataset):
 
 # ------------------------------------------------------- the code cache
 def cache_batches(vqvae, cfg, root, work, split='train', subset=None):
-    ctx = RunContext(cfg, torch.device('cpu'), str(work), str(root), 0)
+    ctx = RunContext(cfg, torch.device('cpu'), str(work),
+                     str(root))
     loader, _ = code_loader(ctx, vqvae, split, subset=subset, shuffle=False,
                             batch_size=16)
     return [torch.cat(t) for t in zip(*loader)]  # [codes] or [codes, labels]
@@ -117,7 +119,8 @@ def test_conditional_prior_from_cache_matches_encoding_every_batch(
         torch.manual_seed(1)
         _, prior = build_models(cfg)
         train_generative_model(vqvae, prior, RunContext(
-            cfg, torch.device('cpu'), str(work), str(tiny_data_root), 3))
+            dict(cfg, seed=3), torch.device('cpu'), str(work),
+            str(tiny_data_root)))
         out[use_cache] = (losses(work), prior.state_dict())
     assert len(out[True][0]) == 2
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
 from dldemos.VQVAE import dist_train_pixelcnn, main as main_mod
-from dldemos.VQVAE.runtime.checkpoint import load_file, load_model
+from dldemos.VQVAE.runtime.files import load_file, load_model
 from dldemos.VQVAE.loading.code_cache import cache_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import get_dataset

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import SHARED_DATA
 from dldemos.VQVAE import evaluate, main as vq_main
-from dldemos.VQVAE.runtime.checkpoint import resume_path
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.loading.code_cache import cache_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import CELEBA_DIR, get_dataset

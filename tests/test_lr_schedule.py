@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.training.lr_schedule import lr_at
+from dldemos.utils.lr_schedule import lr_at
 from test_resume import run_main
 
 

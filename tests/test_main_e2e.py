@@ -11,7 +11,7 @@ from PIL import Image
 from dldemos.VQVAE import main as vq_main
 from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE.runtime.build import build_models
-from dldemos.VQVAE.runtime.checkpoint import resume_path
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.config_check import apply_overrides
 from dldemos.VQVAE.configs import get_cfg
 

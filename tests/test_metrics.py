@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from dldemos.VQVAE.scoring.metrics import (bits_per_dim, feature_stats,
-                                   frechet_distance, frechet_distance_of,
+                                   frechet_distance,
                                    perplexity, prior_nll, psnr_from_mse, ssim)
 
 
@@ -101,6 +101,11 @@ def test_frechet_of_samples_approaches_the_distance_of_their_gaussians():
     b = rng.multivariate_normal(mu2, s2, 20000)
     assert frechet_distance_of(a, b) == pytest.approx(
         closed_form(mu1, s1, mu2, s2), rel=0.05)
+
+
+def frechet_distance_of(features1, features2):
+    return frechet_distance(*feature_stats(features1),
+                            *feature_stats(features2))
 
 
 @pytest.mark.parametrize('n, d', [(500, 8), (10, 32)])

@@ -125,8 +125,8 @@ def test_a_bad_device_is_one_line_before_any_work_dir(tmp_path, device,
     assert not (tmp_path / 'runs').exists()
 
 
-def test_the_header_is_readmes():
+def test_the_header_is_the_results_docs():
     metrics = {'prior': {'uniform_nats_per_latent': 3.4657359}}  # log 32
     head, rule = readme_results.header([metrics]).splitlines()
-    readme = (REPO / 'README.md').read_text()
-    assert f'{head}\n{rule}\n' in readme
+    results = (REPO / 'docs' / 'results.md').read_text()
+    assert f'{head}\n{rule}\n' in results

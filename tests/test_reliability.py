@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from dldemos.VQVAE import evaluate
 from dldemos.VQVAE.training import epoch_runner
 from dldemos.VQVAE import main as main_mod
-from dldemos.VQVAE.runtime.checkpoint import file_sha256, load_file, resume_path
+from dldemos.VQVAE.runtime.files import file_sha256, load_file
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

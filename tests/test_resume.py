@@ -14,7 +14,8 @@ import torch
 
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.training import epoch_runner
-from dldemos.VQVAE.runtime.checkpoint import load_file, load_model, resume_path
+from dldemos.VQVAE.runtime.files import load_file, load_model
+from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.runtime.logs import read_jsonl

@@ -136,10 +136,11 @@ celebahq_cfg4 = dict(dataset_type='CelebAHQ',
                      vqvae_path='model_celebahq_4.pth',
                      gen_model_path='gen_model_celebahq_4.pth')
 
-# Ours. 5: MNIST on a 2-core CPU in about 12 minutes, all four stages
-# (measured: README): the tutorial's VQ-VAE for 5 epochs at a higher lr, and
-# a smaller prior for 12 (2 and 3 epochs gave a held-out sample distance of
-# 213 vs 115 when this was chosen).
+# Ours. 5: all four stages on MNIST in minutes on a 2-core CPU: the
+# tutorial's VQ-VAE for 5 epochs at a higher lr (few epochs need larger
+# steps), and a much smaller prior trained 12 epochs, because fewer prior
+# epochs gave clearly worse held-out samples when this was chosen. Times and
+# scores: docs/results.md.
 mnist_quick_cfg = dict(dataset_type='MNIST',
                        img_shape=(1, 28, 28),
                        dim=32,
@@ -159,15 +160,16 @@ mnist_quick_cfg = dict(dataset_type='MNIST',
 
 # 6: MNIST beyond the tutorial at config 0's budget (its model sizes and
 # epochs): the VQ-VAE option that measured best and a prior conditioned on
-# the digit. The codebook ablation (benchmarks/ablation_codebook.py, config
-# 0's VQ-VAE, 20 epochs: README) found the lr schedule is what counts: a
-# one-cycle lr peaking at 8e-3 reached 24.81 dB over 4 seeds (22.62 for the
-# tutorial's constant 2e-4; 2e-3 and 4e-3 peaks 24.01 and 24.53 over 2
-# seeds; 1.6e-2 diverged). On MNIST the codebook never collapses, so
-# dead-code restarts and k-means init cost 0.2-0.3 dB alone, and neither
-# they nor EMA updates added anything on top of the one-cycle lr at 2e-3.
-# The prior keeps the tutorial's lr_2 with a cosine decay (its 50 epochs
-# need a GPU and were not tuned).
+# the digit. The codebook ablation on config 0's VQ-VAE
+# (benchmarks/experiments/ablation_codebook.py, measured in
+# docs/results.md#codebook-ablation-config-0s-vq-vae) found the lr schedule
+# is what counts: a one-cycle lr beat the tutorial's constant lr at every
+# peak tried, 8e-3 best, and twice that diverged, so 8e-3 sits a factor of 2
+# below the edge. On MNIST the codebook never collapses, so dead-code
+# restarts and k-means init do not help there, and EMA updates added
+# nothing on top of the one-cycle lr: all three stay off. The prior keeps
+# the tutorial's lr_2 with a cosine decay (its 50 epochs need a GPU and were
+# not tuned).
 mnist_plus_cfg = dict(mnist_cfg1,
                       lr=8e-3,
                       lr_schedule='onecycle',
@@ -177,15 +179,16 @@ mnist_plus_cfg = dict(mnist_cfg1,
                       gen_model_path='gen_model_mnist_plus.pth')
 
 # 7: config 6's VQ-VAE recipe and conditional prior sized for a 2-core CPU
-# (all four stages on the full MNIST in about 10 minutes). Chosen by runs on
-# this CPU scored on the MNIST test split (README): 6 VQ-VAE epochs of the
-# one-cycle lr reach 23.4 dB at config 6's 8e-3 peak (22.5 at 2e-3, 21.6 in
-# 4 epochs); the prior, wider than config 5's (p=48, linear 64) with a
-# one-cycle lr peaking at 3e-3, reaches a lower held-out NLL in 6 epochs than
-# p=32 in 9; sampling at temperature 0.9 lifts the conditional accuracy from
-# 0.964 to 0.973 and lowers the sample distance (temperature=1.0 samples as
-# the tutorial does). The prior and temperature were chosen over the 2e-3
-# VQ-VAE.
+# (all four stages on the full MNIST in minutes). Chosen by runs on such a
+# CPU scored on the MNIST test split
+# (docs/results.md#how-configs-6-and-7-were-chosen): 6 VQ-VAE epochs at
+# config 6's one-cycle peak reconstruct better than lower peaks or fewer
+# epochs; the prior, wider than config 5's
+# (p=48, linear 64) with a one-cycle lr peaking at 3e-3, reaches a lower
+# held-out NLL in 6 epochs than p=32 in 9; sampling at temperature 0.9
+# raises the conditional accuracy and lowers the sample distance
+# (temperature=1.0 samples as the tutorial does). The prior and temperature
+# were chosen over an earlier VQ-VAE (one-cycle peak 2e-3) and kept.
 mnist_plus_quick_cfg = dict(mnist_quick_cfg,
                             n_epochs=6,
                             lr=8e-3,
@@ -201,11 +204,12 @@ mnist_plus_quick_cfg = dict(mnist_quick_cfg,
                             gen_model_path='gen_model_mnist_plus_quick.pth')
 
 # 8: CelebA faces at 64x64 (the tutorial's CelebA pipeline: CenterCrop(168) +
-# Resize) sized for about 30 minutes on 2 CPU cores with 6,000 faces; the same
-# config runs unchanged on the full CelebA on a GPU. On faces the tutorial's
-# codebook training collapses at this budget (6-12 of 64 codes used after 3
-# epochs at lr 2e-4 or 1e-3: measured); EMA updates with k-means init and
-# dead-code restarts kept 63/64 codes in use and reached 21.5 dB in 3 epochs.
+# Resize) sized for 2 CPU cores and a few thousand faces; the same config
+# runs unchanged on the full CelebA on a GPU. On faces the tutorial's
+# codebook training collapses at this budget (most of the 64 codes unused
+# after a few epochs, at lr 2e-4 and at 1e-3), so this config trains the
+# codebook by EMA updates with k-means init and dead-code restarts, which
+# kept nearly every code in use (docs/results.md#faces-config-8-cpu).
 celeba_cfg = dict(dataset_type='CelebA',
                   img_shape=(3, 64, 64),
                   dim=64,

@@ -7,13 +7,11 @@ four stages (1. train VQ-VAE, 2. reconstruct, 3. train PixelCNN, 4. sample).
     python dldemos/VQVAE/main.py -c 0 --cfg-options n_epochs=5 train_subset=1000
     python dldemos/VQVAE/main.py -c 0 --resume          # continue a stopped run
 
-Outputs go to --work-dir (default work_dirs/): checkpoints and their resume
-points, vqvae_reconstruct_{dataset}.jpg, vqvae_sample_{dataset}.jpg,
-config.json, command.txt, per-epoch logs (log_vqvae.jsonl,
-log_pixelcnn.jsonl), loss_curves.png and previews/. Ctrl-C or SIGTERM saves
-a resume point and exits with code 130; bad input exits with code 2 and one
-line (--debug: traceback). The torchrun launchers run the same two training
-functions (dist_train_vqvae.py, dist_train_pixelcnn.py).
+Outputs go to --work-dir (default work_dirs/): checkpoints and resume
+points, vqvae_reconstruct_{dataset}.jpg, vqvae_sample_{dataset}.jpg, config,
+command, per-epoch logs, loss_curves.png, previews/. Ctrl-C / SIGTERM saves a
+resume point (exit 130); bad input is one line (exit 2). The torchrun
+launchers run the same two training functions.
 """
 import argparse
 import os
@@ -28,39 +26,31 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
 import torch
 import torch.nn as nn
 
-from dldemos.utils.dist_utils import is_dist
-from dldemos.utils.errors import report_errors
-from dldemos.utils.threads import configure_threads
-from dldemos.VQVAE.runtime.build import autocast, build_models, prepare_for_training
-from dldemos.VQVAE.runtime.checkpoint import file_sha256
-from dldemos.VQVAE.training.codebook import CodebookTrainer
-from dldemos.VQVAE.runtime.cli import (add_common_args, check_seed, parse_stages,
-                               pick_device)
-from dldemos.VQVAE.runtime.config_check import load_cfg
-from dldemos.VQVAE.runtime.context import (RunContext, announce, check_outputs,
-                                   check_prior_matches_vqvae,
-                                   load_stage_input, prepare_work_dir,
-                                   seed_everything)
-from dldemos.VQVAE.training.epoch_runner import Stage, run_epochs
-from dldemos.VQVAE.loading.loaders import check_data, image_loader, prior_loader
-from dldemos.VQVAE.runtime.logs import StageTimer, batch_line, log
-from dldemos.VQVAE.training.lr_schedule import stage_lr
+from dldemos.VQVAE.loading.loaders import image_loader, prior_loader
 from dldemos.VQVAE.model import VQVAE
-from dldemos.VQVAE.training.monitor import prior_hooks, vqvae_hooks
 from dldemos.VQVAE.plots import preview_reconstruction, save_grid
+from dldemos.VQVAE.runtime.build import (autocast, build_models,
+                                         prepare_for_training)
+from dldemos.VQVAE.runtime.cli import add_common_args, parse_stages
+from dldemos.VQVAE.runtime.context import (RunContext,
+                                           check_prior_matches_vqvae,
+                                           load_stage_input, vqvae_provenance)
+from dldemos.VQVAE.runtime.logs import StageTimer, log, log_batch_size
+from dldemos.VQVAE.runtime.setup import run_entry, start_run
 from dldemos.VQVAE.sampling import grid_labels, sample
-from dldemos.VQVAE.runtime.work_lock import unlock_work_dir
+from dldemos.VQVAE.training.codebook import CodebookTrainer
+from dldemos.VQVAE.training.epoch_runner import Stage, run_epochs
+from dldemos.VQVAE.training.monitor import prior_hooks, vqvae_hooks
 
 
 # ------------------------------------------------------ 1. train the VQ-VAE
 def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     cfg, device = ctx.cfg, ctx.device
-    # under torchrun batch_size is per process: say the effective batch
-    log(batch_line(cfg['batch_size']))
-    # the sampler shards the data over the ranks and reshuffles per epoch
+    log_batch_size(cfg['batch_size'])  # per process under torchrun
+    # under torchrun the sampler shards the data over the ranks
     dataloader, sampler = image_loader(ctx, cfg['batch_size'],
                                        subset=cfg['train_subset'],
-                                       sharded=is_dist())
+                                       sharded=True)
     # `model` runs the step (DDP / compiled as configured); the optimizer and
     # checkpoints hold `vqvae` itself
     model = prepare_for_training(vqvae, cfg, device)
@@ -72,7 +62,7 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     optimizer = torch.optim.Adam(codebook.optimized(vqvae), cfg['lr'])
     mse_loss = nn.MSELoss()
 
-    def step(x):
+    def train_step(x):
         x = x.to(device, non_blocking=True)
         codebook.before_step(vqvae, x)  # k-means init at the first step
         with autocast(cfg, device):
@@ -100,9 +90,8 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     stage = Stage('VQ-VAE', vqvae, optimizer, ctx.ckpt('vqvae_path'),
                   'n_epochs', 'log_vqvae.jsonl',
                   ('loss', 'reconstruct', 'embedding', 'commitment'),
-                  lr_at=stage_lr(cfg, '', len(dataloader)), extra=codebook,
-                  **vqvae_hooks(ctx, vqvae))
-    run_epochs(ctx, stage, dataloader, sampler, step)
+                  extra=codebook, **vqvae_hooks(ctx, vqvae))
+    run_epochs(ctx, stage, dataloader, sampler, train_step)
 
 
 # ------------------------------------------------------ 2. reconstruct
@@ -117,10 +106,9 @@ def reconstruct(model, x, device, dataset_type='MNIST',
 # ------------------------------------------------------ 3. train the prior
 def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     cfg, device = ctx.cfg, ctx.device
-    log(batch_line(cfg['batch_size_2']))
+    log_batch_size(cfg['batch_size_2'])
     # the VQ-VAE is frozen here: it only turns images into codes
-    vqvae.to(device)
-    vqvae.eval()
+    vqvae.to(device).eval()
     # codes (and, for a class-conditional prior, labels): from the code
     # cache by default, or encoded every batch as the tutorial does
     dataloader, sampler, to_codes = prior_loader(ctx, vqvae)
@@ -131,7 +119,7 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
     # codes are categories: a K-way cross-entropy at every latent position
     loss_fn = nn.CrossEntropyLoss()
 
-    def step(batch):
+    def train_step(batch):
         with torch.no_grad():  # codes are the input and the target
             x, y = to_codes(batch)  # [N, h, w], [N] or None
         with autocast(cfg, device):
@@ -147,13 +135,11 @@ def train_generative_model(vqvae: VQVAE, model, ctx: RunContext):
 
     # the prior models the codes of this exact VQ-VAE: recorded, so that a
     # resume after the VQ-VAE was retrained starts the prior afresh
-    vqvae_sha = file_sha256(ctx.ckpt('vqvae_path'))
     stage = Stage('PixelCNN', model, optimizer, ctx.ckpt('gen_model_path'),
                   'n_epochs_2', 'log_pixelcnn.jsonl', ('loss',),
-                  provenance={'vqvae_sha256': vqvae_sha},
-                  lr_at=stage_lr(cfg, '_2', len(dataloader)),
+                  provenance=vqvae_provenance(ctx),
                   **prior_hooks(ctx, vqvae, model))
-    run_epochs(ctx, stage, dataloader, sampler, step)
+    run_epochs(ctx, stage, dataloader, sampler, train_step)
 
 
 # ------------------------------------------------------ 4. sample
@@ -174,60 +160,53 @@ def sample_imgs(vqvae: VQVAE, gen_model, img_shape, n_sample=81,
         n_sample = len(labels)
     imgs = sample(vqvae, gen_model, img_shape, n_sample, device,
                   labels=labels, **sampling)
-    save_grid(imgs, out_path, dataset_type, n_rows=n_classes)
+    save_grid(imgs, out_path, dataset_type, labels=labels)
     return imgs
 
 
 # ------------------------------------------------------ the run
 def run(args, argv):
-    configure_threads(args.threads)
     stages = parse_stages(args.stages)
-    cfg = load_cfg(args.c, args.cfg_options, check_seed(args.seed))
-    ctx = RunContext(cfg, pick_device(args.device, args.d), args.work_dir,
-                     args.data_root, args.seed, args.resume)
-    # every check that can fail runs before the work dir is written to
-    check_outputs(ctx)
-    announce(ctx, args.c, stages)
-    check_data(ctx, stages)  # no data: nothing written yet
-    prepare_work_dir(ctx, argv)
+    # every check that can fail runs before the work dir is written to;
     # same seed, same run: on a CPU two runs give identical checkpoints
-    seed_everything(ctx.seed)
+    ctx = start_run(args, argv, stages)
+    cfg, device = ctx.cfg, ctx.device
     vqvae, gen_model = build_models(cfg)
     dataset = cfg['dataset_type']
-    stage = StageTimer(stages)  # prints each stage's wall time as it ends
+    timer = StageTimer(stages)  # prints each stage's wall time as it ends
 
     # 1. Train VQVAE
-    if stage.runs(1, 'train VQ-VAE'):
+    if timer.runs(1, 'train VQ-VAE'):
         train_vqvae(vqvae, ctx)
 
     # 2. Test VQVAE by visualizing reconstructions of held-out images
-    if stage.runs(2, 'reconstruct'):
+    if timer.runs(2, 'reconstruct'):
         load_stage_input(vqvae, ctx, 'vqvae_path', 2)
         loader, _ = image_loader(ctx, 16, 'test', subset=16, shuffle=False)
         out = ctx.out(f'vqvae_reconstruct_{dataset}.jpg')
-        reconstruct(vqvae, next(iter(loader)), ctx.device, dataset, out)
+        reconstruct(vqvae, next(iter(loader)), device, dataset, out)
         log('wrote', out)
 
     # 3. Train the generative model (Gated PixelCNN)
-    if stage.runs(3, 'train PixelCNN'):
+    if timer.runs(3, 'train PixelCNN'):
         # from the checkpoint, not stage 1's last weights in memory: stage 3
         # can run alone (--stages 3,4) and sees exactly what was saved
         load_stage_input(vqvae, ctx, 'vqvae_path', 3)
         train_generative_model(vqvae, gen_model, ctx)
 
     # 4. Sample
-    if stage.runs(4, 'sample'):
+    if timer.runs(4, 'sample'):
         load_stage_input(vqvae, ctx, 'vqvae_path', 4)
         load_stage_input(gen_model, ctx, 'gen_model_path', 4)
         # a prior sampled through another VQ-VAE's decoder gives noise
         check_prior_matches_vqvae(ctx)
         out = ctx.out(f'vqvae_sample_{dataset}.jpg')
         sample_imgs(vqvae, gen_model, cfg['img_shape'], cfg['n_sample'],
-                    ctx.device, dataset, out, sampler=cfg['sampler'],
+                    device, dataset, out, sampler=cfg['sampler'],
                     temperature=cfg['temperature'], top_k=cfg['top_k'],
                     seed=ctx.seed)
         log('wrote', out)
-    stage.runs(None)
+    timer.runs(None)
 
 
 def build_parser():
@@ -237,23 +216,14 @@ def build_parser():
         epilog='Configs 0-4 are the tutorial\'s and want a GPU; on a CPU '
         'start with -c 5 (all four stages in minutes). Then score the run '
         'with evaluate.py and the same -c, --work-dir and --cfg-options.')
-    add_common_args(parser)
-    parser.add_argument('--stages', default='1,2,3,4', metavar='LIST',
-                        help='comma-separated subset of 1,2,3,4 to run: '
-                        '1 train VQ-VAE, 2 reconstruct, 3 train prior, '
-                        '4 sample (default: %(default)s)')
-    return parser
+    return add_common_args(parser, stages=True)
 
 
 def main(argv=None):
     argv = sys.argv if argv is None else ['main.py'] + list(argv)
     args = build_parser().parse_args(argv[1:])
-    try:  # bad input: one line and exit code 2; a stop: exit code 130
-        code = report_errors(lambda: run(args, argv), args.debug)
-    finally:  # the next run in this work dir must not find it locked
-        unlock_work_dir(args.work_dir)
-    if code:
-        sys.exit(code)
+    # bad input: one line and exit code 2; a stop: exit code 130
+    run_entry(lambda: run(args, argv), args.debug)
 
 
 if __name__ == '__main__':

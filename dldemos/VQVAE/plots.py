@@ -4,6 +4,7 @@ preview grids written during training so progress can be watched.
     python dldemos/VQVAE/plots.py work_dirs   # redraw its loss_curves.png
 """
 import argparse
+import io
 import math
 import os
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from dldemos.utils.errors import UsageError, report_errors
+from dldemos.VQVAE.runtime.files import write_bytes_atomic
 from dldemos.VQVAE.runtime.logs import read_jsonl
 from dldemos.VQVAE.sampling import grid_labels, sample_with_cfg
 
@@ -34,10 +36,14 @@ PANELS = [
 ]
 
 
-def save_grid(imgs, path, dataset_type, n_rows=None):
+def save_grid(imgs, path, dataset_type, n_rows=None, labels=None,
+              max_columns=None):
     """imgs [N, C, H, W] in [0, 1] -> one grid image at path, square-ish, or
-    of n_rows rows filled row by row (a class-conditional grid: a class a
-    row); images beyond full rows are left out."""
+    of n_rows rows filled row by row; images beyond full rows are left out.
+    labels [N] (a class-conditional prior's samples, in any order): one row
+    per class instead, at most max_columns images of each."""
+    if labels is not None:
+        imgs, n_rows = class_rows(imgs, labels, max_columns)
     n = imgs.shape[0]
     n1 = max(1, int(n**0.5)) if n_rows is None else min(n_rows, n)
     imgs = imgs[:n1 * (n // n1)]
@@ -46,8 +52,49 @@ def save_grid(imgs, path, dataset_type, n_rows=None):
     imgs = imgs.numpy().astype(np.uint8)
     if dataset_type == 'CelebA' or dataset_type == 'CelebAHQ':
         imgs = cv2.cvtColor(imgs, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(path, imgs):
-        raise UsageError(f'could not write {path}: check the work dir')
+    # encoded in memory, then written atomically: a killed run never leaves
+    # half an image; the extension picks the format, as cv2.imwrite's does
+    ok, data = cv2.imencode(os.path.splitext(path)[1] or '.jpg', imgs)
+    if not ok:
+        raise UsageError(f'could not encode {path}: use a .jpg or .png name')
+    write_bytes_atomic(path, data.tobytes())
+
+
+def class_rows(imgs, labels, max_columns=None):
+    """(imgs reordered one class a row, the number of rows): row r holds the
+    first images of the r-th class present, as many as the rarest class
+    has (at most max_columns)."""
+    labels = torch.as_tensor(labels).cpu()
+    classes = torch.unique(labels)  # sorted
+    columns = min(int((labels == c).sum()) for c in classes)
+    if max_columns is not None:
+        columns = min(columns, max_columns)
+    order = torch.cat([torch.nonzero(labels == c).flatten()[:columns]
+                       for c in classes])  # [rows * columns]
+    return imgs[order.to(imgs.device)], len(classes)
+
+
+def save_code_usage(counts, path, title):
+    """A bar chart of how often each code is used (evaluate.py): a code
+    never used is codebook capacity the VQ-VAE wastes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(max(6, len(counts) / 8), 3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(len(counts)), counts.tolist(), width=0.9)
+    ax.set_xlabel('code')
+    ax.set_ylabel('latent positions')
+    ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """A matplotlib Figure as a PNG, written atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=100)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def by_epoch(records):
@@ -88,11 +135,8 @@ def plot_losses(work_dir, out=LOSS_PLOT):
     panels = loss_panels(work_dir)
     if not panels:
         return None
-    fig = draw_losses(panels)
     path = os.path.join(work_dir, out)
-    tmp = os.path.join(work_dir, f'.{out}.tmp{os.getpid()}')
-    fig.savefig(tmp, format='png', dpi=100)
-    os.replace(tmp, path)
+    save_figure(draw_losses(panels), path)
     return path
 
 
@@ -191,7 +235,7 @@ def preview_samples(vqvae, gen_model, cfg, path, seed, device):
     imgs = sample_with_cfg(vqvae, gen_model, cfg,
                            n if labels is None else len(labels), device,
                            seed, labels=labels)
-    save_grid(imgs, path, cfg['dataset_type'], n_rows=n_classes)
+    save_grid(imgs, path, cfg['dataset_type'], labels=labels)
 
 
 def build_parser():

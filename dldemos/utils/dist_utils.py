@@ -50,12 +50,6 @@ def get_backend():
     return dist.get_backend() if is_dist() else None
 
 
-def unwrap(model):
-    """The plain module inside DDP / torch.compile wrappers."""
-    model = getattr(model, '_orig_mod', model)
-    return getattr(model, 'module', model)
-
-
 def setup_distributed(device=None):
     """Start the process group from torchrun's environment.
 

@@ -43,6 +43,18 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+def one_line(e):
+    """The message of e. An error raised in a DataLoader worker reaches the
+    main process re-raised with the worker's whole traceback as its message:
+    its last line is the error itself ('DataError: ...'), said without the
+    class name like any other."""
+    msg = str(e)
+    if 'in DataLoader worker process' in msg:
+        last = msg.strip().splitlines()[-1]
+        msg = last.split(': ', 1)[1] if ': ' in last else last
+    return msg
+
+
 def report_errors(fn, debug=False, label='error', catch_sigterm=True):
     """Run fn() for a command-line entry point and return its exit code:
     0, 130 after a stop (Ctrl-C / SIGTERM), or 2 after bad input, said in one
@@ -85,7 +97,7 @@ def report_errors(fn, debug=False, label='error', catch_sigterm=True):
     except (UsageError, CheckpointError, NonFiniteLoss) as e:
         if debug:
             raise
-        print(f'{label}: {e}', file=sys.stderr, flush=True)
+        print(f'{label}: {one_line(e)}', file=sys.stderr, flush=True)
         return EXIT_USAGE
     finally:
         for s, handler in old.items():

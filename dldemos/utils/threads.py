@@ -6,7 +6,7 @@ before it sleeps. On an idle machine that is the fastest setting, but when
 other processes hold cores the spinning threads take them from the threads
 doing the work: on a 2-core machine with 1-2 busy processes, the quick
 config's (-c 5) prior step took 3-5 s with 2 threads against 0.3-0.6 s with 1
-(benchmarks/bench_threads.py). With OMP_WAIT_POLICY=PASSIVE idle threads
+(benchmarks/speed/bench_threads.py). With OMP_WAIT_POLICY=PASSIVE idle threads
 sleep at once: 2 threads then take 0.6-1.6x the time of 1 thread under the
 loads measured instead of 4-12x, at the price of waking them up (about 2x
 slower than spinning threads when the cores are free, for these small

@@ -17,7 +17,7 @@ import torch
 
 from dldemos.utils.dist_utils import barrier, is_main
 from dldemos.utils.errors import CheckpointError
-from dldemos.VQVAE.runtime.checkpoint import file_sha256, load_file, save_atomic
+from dldemos.VQVAE.runtime.files import file_sha256, load_file, save_atomic
 from dldemos.VQVAE.dataset import files_fingerprint
 
 

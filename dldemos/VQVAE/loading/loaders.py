@@ -28,9 +28,10 @@ def usable_workers(requested):
 def image_loader(ctx, batch_size, split='train', *, subset=None,
                  shuffle=True, sharded=False, with_labels=False):
     """(loader, sampler) over the config's images of `split`; the sampler
-    has set_epoch. `sharded`: each rank reads its own part (training).
-    `with_labels` (MNIST): batches of (images, labels)."""
+    has set_epoch. `sharded` (training): under torchrun each rank reads its
+    own part. `with_labels` (MNIST): batches of (images, labels)."""
     cfg = ctx.cfg
+    sharded = sharded and is_dist()
     out = get_dataloader(cfg['dataset_type'], batch_size,
                          img_shape=tuple(cfg['img_shape'][1:]),
                          dist_train=sharded,
@@ -75,30 +76,6 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
                                     {'num_replicas': 1, 'rank': 0}))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler), \
         sampler
-
-
-def splits_needed(cfg, stages):
-    """The data splits the given stages read: training reads 'train' (the
-    prior through its code cache), held-out scores and previews 'test'."""
-    splits = set()
-    if {1, 3} & set(stages):
-        splits.add('train')
-        if cfg['eval_subset']:
-            splits.add('test')
-    if 1 in stages and cfg['n_preview'] and cfg['preview_every']:
-        splits.add('test')
-    if 2 in stages:  # reconstructs held-out images
-        splits.add('test')
-    return sorted(splits, reverse=True)  # train first: it downloads MNIST
-
-
-def check_data(ctx, stages):
-    """Open (and for MNIST download) the data the stages read, so missing
-    data is said before the work dir gets config.json and command.txt."""
-    cfg = ctx.cfg
-    for split in splits_needed(cfg, stages):
-        get_dataset(cfg['dataset_type'], tuple(cfg['img_shape'][1:]),
-                    ctx.data_root, split, cfg['use_lmdb'])
 
 
 def prior_loader(ctx, vqvae):

@@ -11,9 +11,12 @@ from dldemos.VQVAE.configs import describe_configs
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
-def add_common_args(parser, resume=True):
-    parser.add_argument('-c', type=int, default=0, metavar='ID',
-                        help='config id (default: 0): ' + describe_configs())
+def add_common_args(parser, resume=True, stages=False, evaluating=False):
+    default = ("the run's, from the work dir's config.json (else 0)"
+               if evaluating else '0')
+    parser.add_argument('-c', type=int, default=None if evaluating else 0,
+                        metavar='ID', help=f'config id (default: {default}): '
+                        + describe_configs())
     parser.add_argument('-d', type=int, default=0, metavar='N',
                         help='CUDA device index, used when --device is not '
                         'given (default: 0)')
@@ -33,10 +36,15 @@ def add_common_args(parser, resume=True):
                         'PASSIVE unless set), so other processes on the '
                         'cores cost no more than their share; for the small '
                         'configs on a 2-core machine --threads 1 is often '
-                        'faster (benchmarks/bench_threads.py)')
+                        'faster (benchmarks/speed/bench_threads.py)')
     parser.add_argument('--seed', type=int, default=0, metavar='N',
                         help='random seed, 0 to 2^63-1 (default: '
                         '%(default)s)')
+    if stages:  # main.py
+        parser.add_argument('--stages', default='1,2,3,4', metavar='LIST',
+                            help='comma-separated subset of 1,2,3,4 to run: '
+                            '1 train VQ-VAE, 2 reconstruct, 3 train prior, '
+                            '4 sample (default: %(default)s)')
     if resume:
         parser.add_argument('--resume', action='store_true',
                             help='continue training from the resume points '
@@ -60,7 +68,7 @@ def check_seed(seed):
 def pick_device(device=None, index=0):
     """The torch device a run uses: `device` as given (checked), else
     cuda:`index` when CUDA is available, else the CPU."""
-    if device is None:
+    if device is None:  # the tutorial's f'cuda:{args.d}', or the CPU
         return torch.device(f'cuda:{index}' if torch.cuda.is_available()
                             else 'cpu')
     try:
@@ -68,6 +76,7 @@ def pick_device(device=None, index=0):
     except RuntimeError:
         raise UsageError(f"--device {device!r} is not a device: use 'cpu', "
                          "'cuda' or 'cuda:N'") from None
+    # said now, not as a CUDA error deep inside the first stage
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
             raise UsageError(f'--device {device}: no CUDA GPU is available '
@@ -84,6 +93,8 @@ def pick_device(device=None, index=0):
 
 
 def parse_stages(text):
+    """'3,4' -> [3, 4]: sorted and deduplicated, because the stages always
+    run in the tutorial's order whatever order they are named in."""
     try:
         stages = sorted({int(s) for s in text.split(',') if s.strip()})
     except ValueError:

@@ -7,12 +7,11 @@ halve twice, two outputs at one path), with one line that says what to do.
 """
 import ast
 import math
-import os
 import sys
 
 from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.configs import get_cfg
-from dldemos.VQVAE.training.lr_schedule import SCHEDULES
+from dldemos.utils.lr_schedule import SCHEDULES
 
 DATASET_TYPES = ('MNIST', 'CelebA', 'CelebAHQ')
 SAMPLER_NAMES = ('cached', 'naive')
@@ -211,24 +210,25 @@ def check_paths(cfg):
         if not isinstance(cfg[k], str) or not cfg[k].strip():
             raise UsageError(f'{k}={cfg[k]!r}: give a file name such as '
                              'model.pth')
-    a, b = (os.path.splitext(os.path.normpath(cfg[k]))[0] for k in PATH_KEYS)
-    if a == b:
-        raise UsageError(f'vqvae_path and gen_model_path name the same file '
-                         f'({cfg["vqvae_path"]!r}, {cfg["gen_model_path"]!r}'
-                         '; their resume points and code caches would '
-                         'overwrite each other): give them different names')
+    # whether the files they name collide is context.check_outputs' one
+    # check, once the work dir they resolve in is known
 
 
-def load_cfg(config_id, options=(), seed=0):
+def load_cfg(config_id, options=(), seed=0, recorded=None):
     """Config `config_id` with `options` (KEY=VALUE strings) applied, checked.
     The seed is recorded in it: it decides the data order, so a mid-epoch
-    resume must use the same one."""
+    resume must use the same one. `recorded`: a run's saved config.json,
+    whose values (the run's own --cfg-options) come before `options`."""
     try:
         cfg = get_cfg(config_id)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    for key, value in (recorded or {}).items():
+        if key in cfg and key not in ('seed', 'config_id'):
+            cfg[key] = tuple(value) if isinstance(cfg[key], tuple) else value
     cfg = apply_overrides(cfg, options)
     cfg['seed'] = seed
+    cfg['config_id'] = config_id  # in config.json: evaluate.py finds it
     check_ranges(cfg)
     check_fractions(cfg)
     check_img_shape(cfg)

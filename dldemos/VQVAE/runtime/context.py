@@ -1,8 +1,9 @@
 """The run context: what every stage of one run shares.
 
-A run is a config, a device, a work dir, a data root, a seed and whether to
-resume. They travel together as one `RunContext` instead of six arguments
-through every call, and the context knows where its files go.
+A run is a config (which holds the seed), a device, a work dir, a data root
+and whether to resume. They travel together as one `RunContext` instead of
+five arguments through every call, and the context knows where its files go.
+setup.py makes it; this module holds what the stages ask of it.
 """
 import json
 import os
@@ -15,11 +16,9 @@ import torch
 
 from dldemos.utils.dist_utils import get_rank, is_main
 from dldemos.utils.errors import UsageError
-from dldemos.VQVAE.runtime.checkpoint import (file_sha256, load_model, plain,
-                                      read_provenance, resume_path,
-                                      write_text_atomic)
-from dldemos.VQVAE.configs import CONFIG_NAMES, GPU_CONFIGS
-from dldemos.VQVAE.runtime.logs import log
+from dldemos.VQVAE.runtime.files import (append_text_atomic, file_sha256,
+                                         load_model, plain, write_text_atomic)
+from dldemos.VQVAE.runtime.resume_point import read_provenance, resume_path
 from dldemos.VQVAE.runtime.work_lock import lock_work_dir
 
 
@@ -29,8 +28,13 @@ class RunContext:
     device: torch.device
     work_dir: str = 'work_dirs'
     data_root: str = 'data'
-    seed: int = 0
     resume: bool = False
+
+    @property
+    def seed(self):
+        """The run's seed, kept in one place: the config, which is saved
+        with every checkpoint (it decides the data order of a resume)."""
+        return self.cfg.get('seed', 0)
 
     def ckpt(self, key):
         """The checkpoint of cfg[key]: a bare file name goes into the work
@@ -43,30 +47,48 @@ class RunContext:
         return os.path.join(self.work_dir, name)
 
 
+# files every run may write into its work dir (main.py, evaluate.py)
+RUN_FILES = ('config.json', 'command.txt', 'log_vqvae.jsonl',
+             'log_pixelcnn.jsonl', 'loss_curves.png', 'metrics.json',
+             'mnist_classifier.pth', 'mnist_classifier.json', '.lock')
+RUN_PREFIXES = ('vqvae_reconstruct_', 'vqvae_sample_', 'eval_samples_',
+                'code_usage_', 'previews' + os.sep)
+
+
 def check_outputs(ctx):
-    """The files a run writes (checkpoints, resume points, code caches) must
-    be distinct, and not folders: else one stage overwrites another's."""
-    paths = {}
+    """Every file a run writes must be its own: a checkpoint, its resume
+    point and its code caches (`<stem>.codes_*.pt`) may not be another
+    checkpoint's, nor a file the run writes beside them (logs, images,
+    config.json); and a checkpoint may not be a folder."""
+    work = os.path.abspath(ctx.work_dir)
+    taken = {os.path.join(work, name): 'a file the run writes'
+             for name in RUN_FILES}
+    families = []  # (path prefix of a checkpoint's code caches, its key)
     for key in ('vqvae_path', 'gen_model_path'):
         ckpt = os.path.abspath(ctx.ckpt(key))
-        # a set: a path without an extension is its own root
-        for path in dict.fromkeys((ckpt, resume_path(ckpt),
-                                   os.path.splitext(ckpt)[0])):
-            if path in paths:
-                raise UsageError(f'{key} and {paths[path]} resolve to the '
-                                 f'same file {path}: give them different '
-                                 'names')
-            paths[path] = key
         if os.path.isdir(ckpt):
             raise UsageError(f'{key} {ckpt} is a folder: give a file name')
+        families.append((os.path.splitext(ckpt)[0] + '.codes_', key))
+        for path in (ckpt, resume_path(ckpt)):
+            if path in taken:
+                raise UsageError(f'{key} and {taken[path]} resolve to the '
+                                 f'same file {path}: give {key} another '
+                                 'name')
+            taken[path] = f'{key} (or its resume point)'
+    for path, owner in taken.items():
+        name = os.path.relpath(path, work)
+        clash = [k for prefix, k in families if path.startswith(prefix)]
+        if clash or name.startswith(RUN_PREFIXES) and owner != \
+                'a file the run writes':
+            what = (f'a code cache of {clash[0]}' if clash else
+                    'an image the run writes')
+            raise UsageError(f'{path} ({owner}) is named like {what}: give '
+                             'the checkpoint another name')
 
 
 def prepare_work_dir(ctx, argv):
     """Create the work dir, then record the resolved config and command.
     Nothing is written before every check that can fail has passed."""
-    if os.path.exists(ctx.work_dir) and not os.path.isdir(ctx.work_dir):
-        raise UsageError(f'--work-dir {ctx.work_dir} is a file: pick a '
-                         'folder')
     try:
         os.makedirs(ctx.work_dir, exist_ok=True)
         # pid and rank: ranks on several nodes may share the dir and a pid
@@ -83,8 +105,8 @@ def prepare_work_dir(ctx, argv):
         lock_work_dir(ctx.work_dir)
         write_text_atomic(ctx.out('config.json'),
                           json.dumps(plain(ctx.cfg), indent=1))
-        with open(ctx.out('command.txt'), 'a') as f:
-            f.write(' '.join([sys.executable] + list(argv)) + '\n')
+        append_text_atomic(ctx.out('command.txt'),
+                           ' '.join([sys.executable] + list(argv)) + '\n')
 
 
 def load_stage_input(model, ctx, key, stage):
@@ -102,12 +124,18 @@ def load_stage_input(model, ctx, key, stage):
     return load_model(model, path, f'{what} checkpoint')
 
 
+def vqvae_provenance(ctx):
+    """What a prior is trained on: the exact VQ-VAE whose codes it models
+    (recorded in its resume points, compared by prior_is_stale)."""
+    return {'vqvae_sha256': file_sha256(ctx.ckpt('vqvae_path'))}
+
+
 def prior_is_stale(ctx):
     """Whether the prior's resume point says it was trained on the codes of
     another VQ-VAE than the one at vqvae_path (False when it says nothing,
     e.g. a checkpoint of the tutorial's code)."""
     saved = read_provenance(ctx.ckpt('gen_model_path')).get('vqvae_sha256')
-    return bool(saved) and saved != file_sha256(ctx.ckpt('vqvae_path'))
+    return bool(saved) and saved != vqvae_provenance(ctx)['vqvae_sha256']
 
 
 def check_prior_matches_vqvae(ctx):
@@ -117,20 +145,6 @@ def check_prior_matches_vqvae(ctx):
                          'trained on the codes of another VQ-VAE than '
                          f'{ctx.ckpt("vqvae_path")} (retrained since): train '
                          'the prior again with --stages 3,4')
-
-
-def announce(ctx, config_id, stages):
-    cfg = ctx.cfg
-    log(f'config {config_id} ({CONFIG_NAMES[config_id]}): stages '
-        f'{",".join(map(str, stages))}; VQ-VAE {cfg["n_epochs"]} epochs, '
-        f'prior {cfg["n_epochs_2"]} epochs')
-    log(f'device: {ctx.device} | data root: {ctx.data_root} | work dir: '
-        f'{ctx.work_dir} | seed: {ctx.seed}')
-    if ctx.device.type == 'cpu' and config_id in GPU_CONFIGS:
-        log('note: this config is sized for a GPU: on a 2-core CPU '
-            'config 0 takes about 7 hours, configs 1-4 days. '
-            '`-c 5` or `-c 7` (MNIST) and `-c 8` (faces) run all four '
-            'stages on a CPU')
 
 
 def seed_everything(seed):

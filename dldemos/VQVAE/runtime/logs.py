@@ -2,22 +2,31 @@
 JSONL logs that the loss plot and the README's numbers are read from."""
 import json
 import os
+import sys
 import time
 
 from dldemos.utils.dist_utils import get_world_size, is_dist, is_main
-from dldemos.VQVAE.runtime.checkpoint import plain
+from dldemos.VQVAE.runtime.files import (append_text_atomic, plain,
+                                         write_text_atomic)
 
 
 def log(*args):
     if is_main():
-        print(*args, flush=True)
+        text = ' '.join(map(str, args))
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            # a path that is not valid in the terminal's encoding (Linux
+            # paths are bytes): shown escaped rather than ending the run
+            encoding = sys.stdout.encoding or 'utf-8'
+            print(text.encode(encoding, 'backslashreplace').decode(encoding),
+                  flush=True)
 
 
-def batch_line(batch_size):
-    """'batch size: 256'; under torchrun, where batch_size is per process,
-    'batch size: 256 x 4 ranks'."""
-    ranks = f' x {get_world_size()} ranks' if is_dist() else ''
-    return f'batch size: {batch_size}{ranks}'
+def log_batch_size(batch_size):
+    """Under torchrun batch_size is per process: say the effective batch."""
+    log(f'batch size: {batch_size}' + (f' x {get_world_size()} ranks'
+                                       if is_dist() else ''))
 
 
 STAGE_LINE = 'stage {k} ({name}) took {seconds:.1f} s'
@@ -44,8 +53,9 @@ class StageTimer:
 
 
 def append_jsonl(path, record):
-    with open(path, 'a') as f:
-        f.write(json.dumps(plain(record)) + '\n')
+    """One record a line, written atomically like every file of a run: a
+    kill mid-write leaves the log as it was, never a torn line."""
+    append_text_atomic(path, json.dumps(plain(record)) + '\n')
 
 
 def read_jsonl(path):
@@ -79,5 +89,4 @@ def start_jsonl(path, start_epoch):
     if is_main():
         kept = [r for r in read_jsonl(path)
                 if isinstance(r.get('epoch'), int) and r['epoch'] < start_epoch]
-        with open(path, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in kept)
+        write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in kept))

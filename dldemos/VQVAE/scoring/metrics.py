@@ -36,8 +36,8 @@ def ssim(x, y):
 
 
 @torch.no_grad()
-def vqvae_heldout(vqvae, dataloader, device, max_images=None,
-                  with_ssim=False, on_batch=None):
+def vqvae_heldout(vqvae, dataloader, device, with_ssim=False,
+                  on_batch=None):
     """MSE / PSNR of clipped reconstructions and code usage on held-out data.
 
     with_ssim adds the mean SSIM; on_batch(x, x_hat) sees every batch (e.g. to
@@ -47,10 +47,6 @@ def vqvae_heldout(vqvae, dataloader, device, max_images=None,
     counts = torch.zeros(vqvae.vq_embedding.num_embeddings, dtype=torch.long)
     se, ssim_sum, n_pixels, n_images = 0.0, 0.0, 0, 0
     for x in dataloader:
-        if max_images is not None and n_images >= max_images:
-            break
-        if max_images is not None:
-            x = x[:max_images - n_images]
         x = x.to(device)
         codes = vqvae.encode(x)  # [N, h, w]
         x_hat = vqvae.decode(codes).float().clip(0, 1)  # [N, C, H, W]
@@ -157,9 +153,3 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     d = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - \
         2 * np.trace(covmean)
     return float(max(d, 0.0))
-
-
-def frechet_distance_of(features1, features2):
-    """Frechet distance between two feature sets [N1, D], [N2, D]."""
-    return frechet_distance(*feature_stats(features1),
-                            *feature_stats(features2))

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dldemos.VQVAE.runtime.checkpoint import load_model, save_atomic
+from dldemos.VQVAE.runtime.files import load_model, save_atomic
 from dldemos.VQVAE.dataset import get_dataset
 
 CKPT_NAME = 'mnist_classifier.pth'

@@ -36,11 +36,12 @@ from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
 from dldemos.utils.errors import (CheckpointError, Interrupted,
                                   NonFiniteLoss, UsageError)
-from dldemos.VQVAE.runtime.checkpoint import (StaleResumePoint,
-                                      check_writable, load_file,
-                                      load_training_state, resume_path,
-                                      rng_state, save_atomic,
-                                      save_training_state)
+from dldemos.VQVAE.runtime.files import load_file, save_atomic
+from dldemos.VQVAE.runtime.resume_point import (StaleResumePoint,
+                                                load_training_state,
+                                                resume_path, rng_state,
+                                                save_training_state)
+from dldemos.utils.lr_schedule import stage_lr
 from dldemos.VQVAE.runtime.logs import append_jsonl, log, start_jsonl
 from dldemos.VQVAE.plots import update_loss_plot
 
@@ -70,7 +71,8 @@ class Stage:
     bar_info: Optional[Callable[[object], dict]] = None  # extra bar fields
     provenance: dict = field(default_factory=dict)  # saved in resume points
     # lr of a global step (epoch * batches per epoch + batch), set before
-    # every step: a pure function, so resumed runs get the same lr
+    # every step: a pure function, so resumed runs get the same lr (None:
+    # the config's lr / lr_2 and their lr_schedule)
     lr_at: Optional[Callable[[int], float]] = None
     # training state beside the model (codebook statistics): saved in and
     # restored from the resume points, never in the model file
@@ -382,8 +384,9 @@ def run_epochs(ctx, stage, loader, sampler, step):
     step(batch) -> (loss terms (0-d tensors, in stage.terms order, the total
     loss first), batch size, anything stage.bar_info shows).
     """
-    # every rank: an error on rank 0 alone would leave the others waiting
-    check_writable(stage.path)
+    if stage.lr_at is None:  # the config's schedule of this stage's lr
+        suffix = stage.epochs_key[len('n_epochs'):]  # '' or '_2'
+        stage.lr_at = stage_lr(ctx.cfg, suffix, len(loader))
     start_epoch, start_step, start_sums = resume_or_start(ctx, stage)
     # a resumed run rewrites the log from its first epoch on
     start_jsonl(ctx.out(stage.log_name), start_epoch)
