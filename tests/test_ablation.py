@@ -1,14 +1,11 @@
-"""benchmarks/ablation_codebook.py on tiny data: every (variant, seed) is
-trained and scored, and the table holds the mean of its metrics.json."""
+"""benchmarks/experiments/ablation_codebook.py on tiny data: every
+(variant, seed) is trained and scored, and the table holds the mean of its
+metrics.json."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'benchmarks'))
-import ablation_codebook  # noqa: E402
+from benchmarks.experiments import ablation_codebook
 
 TINY = ['dim=8', 'n_embedding=16', 'n_epochs=1', 'batch_size=16',
         'eval_subset=8', 'n_preview=0', 'train_subset=64', 'num_workers=0']

@@ -84,7 +84,7 @@ def test_package_imports_form_no_cycle():
 
 def test_only_the_launchers_import_main_and_only_its_stages():
     known = modules()
-    files = list(known.values()) + list((REPO / 'benchmarks').glob('*.py'))
+    files = list(known.values()) + list((REPO / 'benchmarks').rglob('*.py'))
     importers = {}
     for path in files:
         for mod, names in imported(path, known):

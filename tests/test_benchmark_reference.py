@@ -1,17 +1,14 @@
 """The benchmarks' copy of the tutorial's algorithms computes what the
 original implementation computed (the compatibility fixture), and what our
 models compute: a benchmark ratio then compares like with like."""
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.lib import tutorial_reference as ref
 from dldemos.VQVAE.model import VQVAE, nearest_neighbor
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-import tutorial_reference as ref  # noqa: E402
 
 FIXTURE = Path(__file__).parent / 'fixtures' / 'original_reference.pt'
 

@@ -1,13 +1,13 @@
 """The codebook options (codebook.py): dead-code restarts, EMA updates,
 k-means initialisation; off, training is the tutorial's step; under DDP
 every rank keeps one codebook. Resumes with them on: test_resume.py."""
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
+from benchmarks.lib import tutorial_reference as ref
 from dldemos.VQVAE import main as main_mod
 from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.runtime.files import load_file, load_model
@@ -21,9 +21,6 @@ from dldemos.VQVAE.model import VQVAE, nearest_neighbor
 from test_distributed import TINY as DDP_TINY
 from test_distributed import B, assert_one_step_equal, tiny_cfg, torchrun
 from test_resume import CODEBOOK, TINY, VQ, run_main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-import tutorial_reference as ref  # noqa: E402
 
 K, C = 8, 8
 # run by test_distributed's torchrun(), which joins a script's name to

@@ -1,17 +1,15 @@
-"""benchmarks/readme_results.py: README's results rows come from a run's
-metrics.json and training logs, in README's column layout."""
+"""benchmarks/experiments/readme_results.py: README's results rows come from
+a run's metrics.json and training logs, in README's column layout."""
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.experiments import readme_results
 from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'benchmarks'))
-import readme_results  # noqa: E402
 
 TINY = ['dim=8', 'n_embedding=16', 'pixelcnn_n_blocks=2', 'pixelcnn_dim=8',
         'pixelcnn_linear_dim=8', 'n_epochs=2', 'n_epochs_2=1',

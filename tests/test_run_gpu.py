@@ -1,11 +1,12 @@
-"""benchmarks/run_gpu.sh --dry-run: the GPU script's steps on the CPU, on
-tiny generated data, so the one command a GPU machine gets is known to run.
+"""benchmarks/tools/run_gpu.sh --dry-run: the GPU script's steps on the CPU,
+on tiny generated data, so the one command a GPU machine gets is known to
+run.
 
 One of each kind of step runs for real (the torchrun launchers, the amp
 comparison, a benchmark table, a README row through readme_results.py; LMDB
 in the second test); the other benchmark steps differ from bench_sampling
-only in script and flags (`bash benchmarks/run_gpu.sh --dry-run` runs them
-all, about 5 minutes on 2 busy cores). Then: a failing step does not stop
+only in script and flags (`bash benchmarks/tools/run_gpu.sh --dry-run` runs
+them all, about 5 minutes on 2 busy cores). Then: a failing step does not stop
 the next ones, and every default step exists (a budget of 0 s skips them
 all)."""
 import gzip
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / 'benchmarks' / 'run_gpu.sh'
+SCRIPT = REPO / 'benchmarks' / 'tools' / 'run_gpu.sh'
 DEFAULT_STEPS = ['env', 'torchrun', 'amp', 'bench_sampling',
                  'bench_prior_c0', 'bench_prior_c0_fp32', 'bench_vqvae_c0',
                  'bench_vqvae_c0_fp32', 'bench_prior_c4', 'bench_vqvae_c4',
@@ -96,8 +97,8 @@ def test_dry_run_of_each_kind_of_step(tiny_data_root, tmp_path):
     # a benchmark table: ours vs the tutorial, with the command to repeat it
     sec = section(text, 'bench_sampling')
     assert '| measurement | ours | tutorial | ratio | note |' in sec
-    assert re.search(r'^command: python benchmarks/bench_sampling\.py ', sec,
-                     re.M)
+    assert re.search(r'^command: python benchmarks/speed/bench_sampling\.py ',
+                     sec, re.M)
     # the README row of config 0, with main.py's wall time per stage
     c0 = section(text, 'c0')
     assert re.search(r'^\| config 0 \| 1 / 1 \|', c0, re.M)

@@ -1,12 +1,13 @@
 """Images/s read through the folder dataset vs the LMDB dataset.
 
-    python benchmarks/bench_lmdb.py
-    python benchmarks/bench_lmdb.py --folder \
-        ../shared/data/celebA/img_align_celeba --img-size 64 --repeats 3
+    python benchmarks/speed/bench_lmdb.py
+    python benchmarks/speed/bench_lmdb.py --folder \
+        path/to/data/celebA/img_align_celeba --img-size 64 --repeats 3
 
-Converts the folder (default: the CelebA faces in ../shared/data) to an LMDB in
-a temporary directory, then times full passes of a DataLoader over both, with
-0 and 2 workers: the whole pipeline (read, JPEG decode, crop, resize,
+Converts the folder (default: the CelebA faces under the project's default
+data root, data/celebA/img_align_celeba) to an LMDB in a temporary
+directory, then times full passes of a DataLoader over both, with 0 and 2
+workers: the whole pipeline (read, JPEG decode, crop, resize,
 to-tensor) as training sees it, and the storage alone (encoded bytes, no
 decoding). One warm-up pass per reader first, so both are timed from the page
 cache: this compares file-per-image against one memory-mapped file, not a cold
@@ -18,7 +19,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../..')))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,9 +30,8 @@ from dldemos.lmdb_loader import LMDBImageDataset, folder_to_lmdb, \
 from dldemos.VQVAE.dataset import CelebADataset, list_images
 from dldemos.VQVAE.runtime.hardware import cpu_name
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_FOLDER = os.path.join(REPO, '..', 'shared', 'data', 'celebA',
-                              'img_align_celeba')
+# the CelebA faces under main.py's default --data-root
+DEFAULT_FOLDER = os.path.join('data', 'celebA', 'img_align_celeba')
 
 
 class FolderBytes(Dataset):
@@ -84,7 +85,8 @@ def device_line():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--folder', default=DEFAULT_FOLDER)
+    parser.add_argument('--folder', default=DEFAULT_FOLDER, metavar='DIR',
+                        help='a folder of images (default: %(default)s)')
     parser.add_argument('--img-size', type=int, default=64)
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 2])

@@ -1,6 +1,7 @@
-"""The tutorial's algorithms, kept only as the baseline for benchmarks/.
+"""The tutorial's algorithms, kept only as the baseline for benchmarks/
+(benchmarks.lib.tutorial_reference).
 
-Written from the tutorial's text and code (../shared/seed), same math:
+Written from the tutorial's text and code, same math:
 - nearest neighbour by broadcasting ze [N, 1, C, H, W] against the codebook
   [1, K, C, 1, 1]: an [N, K, C, H, W] temporary;
 - masked convolutions as full 3x3 convolutions whose weights are multiplied

@@ -1,9 +1,9 @@
 """Training throughput: ours vs the tutorial's loops, same starting weights.
 
-    python benchmarks/bench_training.py prior --device cpu --quick
-    python benchmarks/bench_training.py vqvae --device cpu --quick
-    python benchmarks/bench_training.py prior --device cuda [--compile]
-    python benchmarks/bench_training.py vqvae --device cuda [--compile]
+    python benchmarks/speed/bench_training.py prior --device cpu --quick
+    python benchmarks/speed/bench_training.py vqvae --device cpu --quick
+    python benchmarks/speed/bench_training.py prior --device cuda [--compile]
+    python benchmarks/speed/bench_training.py vqvae --device cuda [--compile]
 
 prior: codes/s (latent positions per second) of PixelCNN training. Ours
   reads codes from the code cache (built once, its time reported apart) and
@@ -23,21 +23,22 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from common import (Table, base_parser, randomize_batch_norm,  # noqa: E402
-                    setup, sync, time_pair)
+from benchmarks.lib.common import (  # noqa: E402
+    Table, base_parser, randomize_batch_norm, setup, sync, time_pair)
+from benchmarks.lib.tutorial_reference import (  # noqa: E402
+    TutorialPixelCNNWithEmbedding, TutorialVQVAE, train_prior_steps,
+    train_vqvae_steps)
 from dldemos.VQVAE.loading import code_cache  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
 from dldemos.VQVAE.runtime.build import (autocast, build_models,  # noqa: E402
                                  prepare_for_training)
-from tutorial_reference import (TutorialPixelCNNWithEmbedding,  # noqa: E402
-                                TutorialVQVAE, train_prior_steps,
-                                train_vqvae_steps)
 
 
 def loop(loader, steps):

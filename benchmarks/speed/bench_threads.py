@@ -1,8 +1,8 @@
 """CPU thread settings under load: the quick config's (-c 5) training steps.
 
-    python benchmarks/bench_threads.py            # about 3 minutes, 2 cores
-    python benchmarks/bench_threads.py --quick    # 1-2 minutes
-    python benchmarks/bench_threads.py --spin 1000,30000  # + libgomp spins
+    python benchmarks/speed/bench_threads.py          # about 3 minutes, 2 cores
+    python benchmarks/speed/bench_threads.py --quick  # 1-2 minutes
+    python benchmarks/speed/bench_threads.py --spin 1000,30000  # + libgomp spins
 
 (Slower when other processes load the machine: the default wait policy's
 steps take seconds then.)
@@ -31,9 +31,10 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-from common import REPO, command_line  # noqa: E402
+from benchmarks.lib.common import REPO, command_line  # noqa: E402
 
 # (label, torch threads, environment). The environment of every setting
 # starts without these variables, whatever the caller's shell has.

@@ -1,7 +1,7 @@
 """Nearest-neighbour (quantizer) time and peak memory: ours vs the tutorial.
 
-    python benchmarks/bench_nearest_neighbor.py --device cpu --quick
-    python benchmarks/bench_nearest_neighbor.py --device cuda
+    python benchmarks/speed/bench_nearest_neighbor.py --device cpu --quick
+    python benchmarks/speed/bench_nearest_neighbor.py --device cuda
 
 Ours: |e|^2 - 2 z.e in fp32, in row chunks ([M, K] at most). The tutorial:
 an [N, K, C, H, W] broadcast of (e - z)^2. Same inputs for both; the codes
@@ -11,14 +11,16 @@ skipped where its temporaries would exceed --max-ref-gb.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import torch  # noqa: E402
 
-from common import (Table, base_parser, fmt_ratio, fmt_s,  # noqa: E402
-                    peak_memory, setup, time_pair)
+from benchmarks.lib.common import (  # noqa: E402
+    Table, base_parser, fmt_ratio, fmt_s, peak_memory, setup, time_pair)
+from benchmarks.lib.tutorial_reference import (  # noqa: E402
+    broadcast_nearest_neighbor)
 from dldemos.VQVAE.model import nearest_neighbor  # noqa: E402
-from tutorial_reference import broadcast_nearest_neighbor  # noqa: E402
 
 # (name, batch N, dim C, codebook K, latent H = W)
 SHAPES = [('config 0 (MNIST)', 256, 32, 32, 7),

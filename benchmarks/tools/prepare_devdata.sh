@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fill .devdata/ (git-ignored) with what benchmarks/run_gpu.sh needs on a GPU
-# machine that reaches neither ../shared nor the network; carry it there
+# Fill .devdata/ (git-ignored) with what benchmarks/tools/run_gpu.sh needs on
+# a GPU machine that reaches neither the data nor the network; carry it there
 # (the device tool's run: carry [".devdata"]).
 #
-#   bash benchmarks/prepare_devdata.sh [SRC]    # SRC default ../shared/data
+#   bash benchmarks/tools/prepare_devdata.sh SRC  # SRC: the data root (the
+#                                                 # --data-root of main.py)
 #
 #   .devdata/mnist/MNIST/raw/*.gz          MNIST, compressed (11.6 MB);
 #                                          run_gpu.sh unpacks it there
@@ -14,8 +15,13 @@
 # The device tool carries at most 64 MiB with the working tree: this is
 # about 21 MB.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-SRC=${1:-../shared/data}
+if [ $# -ne 1 ] || [ ! -d "$1" ]; then
+    echo "usage: bash $0 SRC: SRC is the data root holding mnist/ (and" \
+         "celebA/), e.g. data" >&2
+    exit 2
+fi
+SRC=$(cd "$1" && pwd)  # before the cd: SRC may be relative to the caller
+cd "$(dirname "$0")/../.."  # the repository root
 DEST=.devdata
 FACES=${FACES:-1000}
 WHL_PY=${WHL_PY:-3.12}

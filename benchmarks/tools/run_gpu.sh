@@ -2,10 +2,10 @@
 # Every GPU measurement of the project in one command, in priority order,
 # each step with its own log; a failing step does not stop the others.
 #
-#   bash benchmarks/prepare_devdata.sh          # once, on a machine with data
-#   bash benchmarks/run_gpu.sh [OUT]            # on the GPU machine
-#   bash benchmarks/run_gpu.sh --dry-run [OUT]  # the same steps on the CPU,
-#                                               # tiny: checks the script
+#   bash benchmarks/tools/prepare_devdata.sh path/to/data  # once, with data
+#   bash benchmarks/tools/run_gpu.sh [OUT]            # on the GPU machine
+#   bash benchmarks/tools/run_gpu.sh --dry-run [OUT]  # the same steps on
+#                                   # the CPU, tiny: checks the script
 #
 # OUT (default benchmarks/results_gpu) gets three files, rewritten after
 # every step, so a run cut short still leaves what it finished:
@@ -22,19 +22,22 @@
 #                (always runs)
 #   torchrun     both launchers, torchrun --nproc_per_node=1 (NCCL on a GPU),
 #                config 0 for 1 epoch on 300 images
-#   amp          benchmarks/bench_amp.py: config 0 with bf16 autocast off vs
-#                on, 3 + 3 epochs, same seed: test PSNR, prior NLL, images/s
+#   amp          benchmarks/speed/bench_amp.py: config 0 with bf16 autocast
+#                off vs on, 3 + 3 epochs, same seed: test PSNR, prior NLL,
+#                images/s
 #   bench        (= bench_sampling ... bench_nn) ours vs the tutorial:
 #                sampling (configs 0 and 4, batch 81), prior and VQ-VAE
 #                training of configs 0 and 4 (bf16 and fp32), prior MFU,
 #                nearest neighbour
 #   c0           config 0's four stages + evaluate.py, the README row
-#                (benchmarks/readme_results.py --runs c0), wall time per stage
+#                (benchmarks/experiments/readme_results.py --runs c0), wall
+#                time per stage
 #   c6           config 6 likewise (--runs plus)
 #   bench_extra  channels_last and torch.compile variants (COMPILE=0: none
 #                of the compile runs)
-#   lmdb         benchmarks/bench_lmdb.py on DATA_ROOT/celebA/img_align_celeba
-#                (skipped when absent or when lmdb cannot be imported)
+#   lmdb         benchmarks/speed/bench_lmdb.py on
+#                DATA_ROOT/celebA/img_align_celeba (skipped when absent or
+#                when lmdb cannot be imported)
 #
 # Environment: DATA_ROOT (default .devdata if it exists, else data), DEVICE
 # (default cuda; --dry-run: cpu), STEPS (e.g. "c0 c6"), WORK, PYTHON
@@ -44,11 +47,12 @@
 # resume point), so the summary is always written. Exit status 1 when a
 # step failed, else 0 (also with steps skipped or stopped by the budget).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")  # for --help after the cd
+cd "$(dirname "$0")/../.."  # the repository root
 
 DRY=0
 if [ "${1:-}" = --dry-run ]; then DRY=1; shift; fi
-case "${1:-}" in -h|--help) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'
+case "${1:-}" in -h|--help) sed -n '2,/^set /p' "$SELF" | sed '$d; s/^# \{0,1\}//'
                  exit 0 ;; -*) echo "unknown option $1 (see --help)" >&2
                  exit 2 ;; esac
 OUT=${1:-benchmarks/results_gpu}
@@ -132,22 +136,22 @@ step_torchrun() {
     done
 }
 step_amp() {
-    x "$PY" benchmarks/bench_amp.py -c 0 --data-root "$DATA_ROOT" \
+    x "$PY" benchmarks/speed/bench_amp.py -c 0 --data-root "$DATA_ROOT" \
         --work-root "$WORK/amp" --device "$DEVICE" $AMP_ARGS \
         --eval-args "$AMP_EVAL"
 }
 readme_run() {  # run name (readme_results.py --runs)
-    x "$PY" benchmarks/readme_results.py --runs "$1" --data-root \
+    x "$PY" benchmarks/experiments/readme_results.py --runs "$1" --data-root \
         "$DATA_ROOT" --work-root "$WORK/readme" --device "$DEVICE" \
         ${README_ARGS} --eval-args "$README_EVAL"
 }
 step_c0() { readme_run c0; }
 step_c6() { readme_run plus; }
 training() {  # prior|vqvae, then bench_training.py flags
-    x "$PY" benchmarks/bench_training.py "$@" --device "$DEVICE" $BQ
+    x "$PY" benchmarks/speed/bench_training.py "$@" --device "$DEVICE" $BQ
 }
 step_bench_sampling() {
-    x "$PY" benchmarks/bench_sampling.py --device "$DEVICE" $SQ
+    x "$PY" benchmarks/speed/bench_sampling.py --device "$DEVICE" $SQ
 }
 step_bench_prior_c0() { training prior -c 0; }
 # fp32 convolutions run as TF32 on tensor cores: the H100's TF32 peak
@@ -157,14 +161,14 @@ step_bench_vqvae_c0_fp32() { training vqvae -c 0 --no-amp; }
 step_bench_prior_c4() { training prior -c 4; }
 step_bench_vqvae_c4() { training vqvae -c 4; }
 step_bench_nn() {
-    x "$PY" benchmarks/bench_nearest_neighbor.py --device "$DEVICE" $NQ
+    x "$PY" benchmarks/speed/bench_nearest_neighbor.py --device "$DEVICE" $NQ
 }
 step_bench_prior_c4_cl() { training prior -c 4 --channels-last; }
 step_bench_vqvae_c4_cl() { training vqvae -c 4 --channels-last; }
 step_bench_prior_c4_compile() { training prior -c 4 --compile; }
 step_bench_vqvae_c4_compile() { training vqvae -c 4 --compile; }
 step_lmdb() {
-    x "$PY" benchmarks/bench_lmdb.py --folder \
+    x "$PY" benchmarks/speed/bench_lmdb.py --folder \
         "$DATA_ROOT/celebA/img_align_celeba" $LMDB_ARGS
 }
 export -f x step_torchrun step_amp readme_run step_c0 step_c6 training \
@@ -271,7 +275,7 @@ section() {  # the part of a step's log that goes into all.md
 
 summarize() {
     {
-        echo "# benchmarks/run_gpu.sh$([ $DRY = 1 ] && echo ' --dry-run')"
+        echo "# benchmarks/tools/run_gpu.sh$([ $DRY = 1 ] && echo ' --dry-run')"
         echo
         [ $DRY = 1 ] && echo '**Dry run on the CPU: tiny subsets, 1 epoch,' \
             'a few batches. It checks the script; its numbers mean' \
@@ -336,7 +340,7 @@ run_step() {  # name: runs step_<name> under the budget
 }
 
 START=$SECONDS
-REPEAT="bash benchmarks/run_gpu.sh$([ $DRY = 1 ] && echo ' --dry-run') $OUT"
+REPEAT="bash benchmarks/tools/run_gpu.sh$([ $DRY = 1 ] && echo ' --dry-run') $OUT"
 [ "$STEPS" != "$DEFAULT_STEPS" ] && REPEAT="STEPS='$STEPS' $REPEAT"
 echo "run_gpu.sh: $([ $DRY = 1 ] && echo 'dry run, ')device $DEVICE, data $DATA_ROOT, budget $BUDGET_S s"
 echo "   OUT $OUT, WORK $WORK"

@@ -1,9 +1,10 @@
 """Rerun README's results table: every number in it comes from this script,
 rerun whenever the code that produces them changes.
 
-    python benchmarks/readme_results.py --data-root ../shared/data
-    python benchmarks/readme_results.py --runs quick --data-root DIR
-    python benchmarks/readme_results.py --from-work-dirs W/quick W/c0short
+    python benchmarks/experiments/readme_results.py --data-root path/to/data
+    python benchmarks/experiments/readme_results.py --runs quick --data-root DIR
+    python benchmarks/experiments/readme_results.py --from-work-dirs \
+        W/quick W/c0short
 
 Each run trains with main.py, then scores with evaluate.py, both as
 subprocesses (exactly what a user runs), in a fresh work dir
@@ -24,29 +25,21 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-if REPO not in sys.path:  # run as `python benchmarks/readme_results.py`
-    sys.path.insert(0, REPO)
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
+from benchmarks.lib.common import REPO, dig, duration, sig  # noqa: E402
+from benchmarks.lib.runs import (EVALUATE, MAIN, default_device,  # noqa: E402
+                                 machine, timed)
 from dldemos.utils.errors import UsageError  # noqa: E402
 from dldemos.VQVAE.runtime.cli import pick_device  # noqa: E402
-from dldemos.VQVAE.runtime.hardware import describe  # noqa: E402
-from dldemos.VQVAE.loading.loaders import usable_workers  # noqa: E402
 from dldemos.VQVAE.runtime.logs import read_jsonl  # noqa: E402
 
 RECORD = 'readme_run.json'
-MAIN = 'dldemos/VQVAE/main.py'
-EVALUATE = 'dldemos/VQVAE/evaluate.py'
 
 
 @dataclass
@@ -74,31 +67,6 @@ COLUMNS = ['run', 'epochs (VQ-VAE / prior)', 'train time', 'test MSE',
 
 
 # ------------------------------------------------------------ formatting
-def sig(x, digits=3):
-    """x with `digits` significant digits, as a plain decimal: 0.00601."""
-    return np.format_float_positional(x, precision=digits, unique=False,
-                                      fractional=False, trim='k').rstrip('.')
-
-
-def duration(seconds):
-    """'42 s', '5 min 50 s', '1 h 3 min'; under 10 s one decimal."""
-    if seconds < 10:
-        return f'{seconds:.1f} s'
-    s = round(seconds)
-    if s < 3600:
-        return f'{s // 60} min {s % 60} s' if s >= 60 else f'{s} s'
-    return f'{s // 3600} h {s % 3600 // 60} min'
-
-
-def dig(d, *keys):
-    """d[k1][k2]...; None where a part is missing (a skipped prior)."""
-    for k in keys:
-        if not isinstance(d, dict) or d.get(k) is None:
-            return None
-        d = d[k]
-    return d
-
-
 def cell(value, fmt):
     return '-' if value is None else fmt(value)
 
@@ -168,36 +136,6 @@ def commands(run, work_dir, args):
             ['python', evaluate, *common, *shlex.split(args.eval_args)]]
 
 
-STAGE_RE = re.compile(r'^stage (\d) \((.+)\) took ([\d.]+) s$')
-
-
-def timed(argv, stages=None):
-    """Run argv (its 'python' is this interpreter), passing its output
-    through; its wall time in seconds. main.py's `stage k (name) took x s`
-    lines go into the dict `stages` ({'1 train VQ-VAE': x, ...}). A failure
-    stops everything."""
-    tic = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *argv[1:]],
-                            stdout=subprocess.PIPE, text=True, bufsize=1)
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        m = STAGE_RE.match(line.strip())
-        if m and stages is not None:
-            stages[f'{m[1]} {m[2]}'] = float(m[3])
-    code = proc.wait()
-    if code:
-        sys.exit(f'error: `{shlex.join(argv)}` failed with exit code '
-                 f'{code}')
-    return time.perf_counter() - tic
-
-
-def machine(device):
-    return {'hardware': describe(device), 'torch': torch.__version__,
-            'torch_threads': torch.get_num_threads(),
-            'usable_cores': usable_workers(os.cpu_count() or 1)}
-
-
 def run_one(name, run, args):
     """Train and score one run in a fresh work dir; its record."""
     work_dir = os.path.join(args.work_root, name)
@@ -217,10 +155,6 @@ def run_one(name, run, args):
     with open(os.path.join(work_dir, RECORD), 'w') as f:
         json.dump(record, f, indent=1)
     return work_dir
-
-
-def default_device():
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 # ------------------------------------------------------------ report

@@ -2,9 +2,10 @@
 tutorial's training: config 0's VQ-VAE (dim 32, 32 codes, MNIST) for its 20
 epochs, every option at every seed, scored on the full MNIST test split.
 
-    python benchmarks/ablation_codebook.py --data-root ../shared/data
-    python benchmarks/ablation_codebook.py --variants tutorial,restart --seeds 0
-    python benchmarks/ablation_codebook.py --from-work-root W   # re-print
+    python benchmarks/experiments/ablation_codebook.py --data-root path/to/data
+    python benchmarks/experiments/ablation_codebook.py --variants \
+        tutorial,restart --seeds 0
+    python benchmarks/experiments/ablation_codebook.py --from-work-root W  # re-print
 
 Each (variant, seed) trains stage 1 with main.py and scores it with
 evaluate.py (the VQ-VAE alone: the prior and samples are skipped), both as
@@ -20,12 +21,11 @@ import json
 import os
 import sys
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-from readme_results import EVALUATE, MAIN, timed  # noqa: E402
+from benchmarks.lib.common import REPO  # noqa: E402
+from benchmarks.lib.runs import EVALUATE, MAIN, timed  # noqa: E402
 
 # name -> (what it is, --cfg-options); 'tutorial' is config 0's training
 VARIANTS = {
@@ -142,7 +142,7 @@ def main(argv=None):
             for seed in (int(s) for s in args.seeds.split(',') if s):
                 run_one(variant, seed, args)
     print(table(scores(args.from_work_root or args.work_root)))
-    print('\n    python benchmarks/ablation_codebook.py '
+    print('\n    python benchmarks/experiments/ablation_codebook.py '
           + ' '.join(argv if argv is not None else sys.argv[1:]))
 
 

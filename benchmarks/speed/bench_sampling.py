@@ -1,7 +1,7 @@
 """Sampling time: cached incremental sampler vs the tutorial's loop.
 
-    python benchmarks/bench_sampling.py --device cpu --quick
-    python benchmarks/bench_sampling.py --device cuda
+    python benchmarks/speed/bench_sampling.py --device cpu --quick
+    python benchmarks/speed/bench_sampling.py --device cuda
 
 Both samplers get the same random weights (batch-norm statistics made
 non-trivial). Before timing, the cached sampler's logits at every position
@@ -14,17 +14,19 @@ The tutorial loop does the same full pass at every position, so with
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
 import torch  # noqa: E402
 
-from common import (Table, base_parser, fmt_ratio, fmt_s,  # noqa: E402
-                    randomize_batch_norm, setup, time_pair)
+from benchmarks.lib.common import (  # noqa: E402
+    Table, base_parser, fmt_ratio, fmt_s, randomize_batch_norm, setup,
+    time_pair)
+from benchmarks.lib.tutorial_reference import (  # noqa: E402
+    TutorialPixelCNNWithEmbedding, sample_naive)
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding  # noqa: E402
 from dldemos.VQVAE.sampling import sample_codes  # noqa: E402
-from tutorial_reference import (TutorialPixelCNNWithEmbedding,  # noqa: E402
-                                sample_naive)
 
 
 def latent_hw(cfg):

@@ -1,7 +1,7 @@
 """bf16 autocast (amp) off vs on: the same VQ-VAE and prior, same seed.
 
-    python benchmarks/bench_amp.py --data-root DIR            # CUDA: config 0
-    python benchmarks/bench_amp.py --epochs 3 --epochs-2 3 --device cuda
+    python benchmarks/speed/bench_amp.py --data-root DIR      # CUDA: config 0
+    python benchmarks/speed/bench_amp.py --epochs 3 --epochs-2 3 --device cuda
 
 Three runs of main.py (stages 1 and 3) and evaluate.py (--n-samples 0: the
 VQ-VAE's test MSE / PSNR / SSIM and the prior's NLL on the full test split),
@@ -29,10 +29,12 @@ import shlex
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == '__main__':  # run as a script: the repo root importable
+    sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
 
-from readme_results import (EVALUATE, MAIN, REPO, default_device,  # noqa
-                            dig, duration, machine, sig, timed)
+from benchmarks.lib.common import REPO, dig, duration, sig  # noqa: E402
+from benchmarks.lib.runs import (EVALUATE, MAIN, default_device,  # noqa: E402
+                                 machine, timed)
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
 from dldemos.VQVAE.runtime.logs import read_jsonl  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: device, timing, memory, the table."""
+"""Shared by the benchmark scripts: device, timing, memory, the table,
+number formatting."""
 import argparse
 import os
 import shlex
@@ -6,13 +7,12 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-if REPO not in sys.path:  # run as `python benchmarks/x.py`
-    sys.path.insert(0, REPO)
+from dldemos.VQVAE.runtime.hardware import cpu_name
 
-from dldemos.VQVAE.runtime.hardware import cpu_name  # noqa: E402 (needs REPO)
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def base_parser(description):
@@ -167,3 +167,28 @@ def fmt_s(t):
 
 def fmt_ratio(ref, ours):
     return f'{ref / ours:.1f}x' if ours > 0 else 'n/a'
+
+
+def sig(x, digits=3):
+    """x with `digits` significant digits, as a plain decimal: 0.00601."""
+    return np.format_float_positional(x, precision=digits, unique=False,
+                                      fractional=False, trim='k').rstrip('.')
+
+
+def duration(seconds):
+    """'42 s', '5 min 50 s', '1 h 3 min'; under 10 s one decimal."""
+    if seconds < 10:
+        return f'{seconds:.1f} s'
+    s = round(seconds)
+    if s < 3600:
+        return f'{s // 60} min {s % 60} s' if s >= 60 else f'{s} s'
+    return f'{s // 3600} h {s % 3600 // 60} min'
+
+
+def dig(d, *keys):
+    """d[k1][k2]...; None where a part is missing (a skipped prior)."""
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d

@@ -1,0 +1,1 @@
+"""Benchmarks and experiments of dldemos (lib/: the code their scripts use)."""

@@ -1,0 +1,1 @@
+"""Ours vs the tutorial's speed, and other speed checks (scripts)."""
