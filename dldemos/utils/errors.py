@@ -9,7 +9,6 @@ import signal
 import sys
 
 from dldemos.utils.dist_utils import is_main
-from dldemos.utils.threads import stop_now
 
 EXIT_USAGE = 2        # bad input: one line that says what to do
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM, after saving a resume point
@@ -69,7 +68,8 @@ def report_errors(fn, debug=False, label='error', catch_sigterm=True):
     # Ctrl-C's KeyboardInterrupt and the SIGTERM above (or, for the
     # launchers, SIGTERM's default) while fn runs, and come back after.
     old = {}
-    startup = {s: signal.getsignal(s) is stop_now
+    # (marked by an attribute: threads.py imports this module for its error)
+    startup = {s: getattr(signal.getsignal(s), 'exits_at_once', False)
                for s in (signal.SIGINT, signal.SIGTERM)}
     for s, handler in ((signal.SIGINT, signal.default_int_handler),
                        (signal.SIGTERM, _raise_terminated if catch_sigterm

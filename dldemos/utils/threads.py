@@ -53,6 +53,9 @@ def stop_now(signum, frame):
     os._exit(130)
 
 
+stop_now.exits_at_once = True  # report_errors recognises it by this
+
+
 def configure_threads(n=None):
     """torch.set_num_threads(n) when n is given (None keeps torch's default:
     one thread per core, or OMP_NUM_THREADS). Returns the thread count."""
