@@ -66,6 +66,7 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
     into the resume point only: the model file stays the plain state dict.
     """
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'param_names': param_names(model, optimizer),
              'epoch': int(epoch), 'step': int(step),
              'sums': [] if sums is None else [float(v) for v in sums],
              'rng': rng_state() if rng is None else rng,
@@ -75,6 +76,34 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
         state['extra'] = extra.state_dict()
     save_atomic(state, resume_path(ckpt_path))
     save_atomic(state['model'], ckpt_path)
+
+def param_names(model, optimizer):
+    """The model's name of each parameter the optimizer trains, per param
+    group: a resume point records them so that a run resumed with another
+    set of trained parameters (codebook_ema switched on or off) keeps the
+    optimizer state of the parameters both share."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names.get(id(p), f'?{i}') for i, p in enumerate(g['params'])]
+            for g in optimizer.param_groups]
+
+
+def remap_optimizer_state(saved, saved_names, optimizer, names):
+    """The saved optimizer state dict rearranged for `optimizer`, whose
+    parameters are `names`: a parameter both train keeps its state, one
+    newly trained starts afresh, one no longer trained is dropped."""
+    current = optimizer.state_dict()
+    index = {n: i for group, group_names in zip(saved['param_groups'],
+                                                 saved_names)
+             for i, n in zip(group['params'], group_names)}
+    groups, state = [], {}
+    for group, cur, group_names in zip(saved['param_groups'],
+                                       current['param_groups'], names):
+        groups.append(dict(group, params=cur['params']))
+        for i, n in zip(cur['params'], group_names):
+            if index.get(n) in saved['state']:
+                state[i] = saved['state'][index[n]]
+    return {'state': state, 'param_groups': groups}
+
 
 RESUME_KEYS = ('model', 'optimizer', 'epoch', 'step', 'sums', 'rng')
 # config keys that decide which images each batch of an epoch holds: a
@@ -160,8 +189,14 @@ def load_training_state(ckpt_path, model, optimizer, cfg=None,
     # the learning rate comes from the config, not the file, so a run that
     # diverged can be resumed with a lower lr
     lrs = [group['lr'] for group in optimizer.param_groups]
+    saved_opt, names = state['optimizer'], param_names(model, optimizer)
+    saved_names = state.get('param_names')
+    if saved_names is not None and saved_names != names and \
+            len(saved_names) == len(names):
+        saved_opt = remap_optimizer_state(saved_opt, saved_names,
+                                          optimizer, names)
     try:
-        optimizer.load_state_dict(state['optimizer'])
+        optimizer.load_state_dict(saved_opt)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f'optimizer state in {path} does not match the '
                               f'model ({e}); use the config it was trained '
