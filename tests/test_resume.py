@@ -225,4 +225,5 @@ def test_config_is_stored_in_the_resume_point(tiny_data_root, tmp_path):
     cfg = load_file(tmp_path / resume_path(VQ))['config']
     assert cfg['n_embedding'] == 8
     # every config key, and the --seed that decides the data order
-    assert set(cfg) == set(get_cfg(5)) | {'seed'}
+    assert set(cfg) == set(get_cfg(5)) | {'seed', 'config_id'}
+    assert cfg['config_id'] == 5  # evaluate.py without -c reads it

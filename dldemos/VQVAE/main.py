@@ -90,7 +90,7 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     stage = Stage('VQ-VAE', vqvae, optimizer, ctx.ckpt('vqvae_path'),
                   'n_epochs', 'log_vqvae.jsonl',
                   ('loss', 'reconstruct', 'embedding', 'commitment'),
-                  extra=codebook, **vqvae_hooks(ctx, vqvae))
+                  train_state=codebook, **vqvae_hooks(ctx, vqvae))
     run_epochs(ctx, stage, dataloader, sampler, train_step)
 
 

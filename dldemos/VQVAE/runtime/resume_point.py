@@ -52,7 +52,8 @@ def set_cuda_rng_states(states):
         torch.cuda.set_rng_state(s, index)
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
-                        sums=None, rng=None, provenance=None, extra=None):
+                        sums=None, rng=None, provenance=None,
+                        train_state=None):
     """Write the model (plain state dict) and its resume point, atomically.
 
     Resuming starts at batch `step` of epoch `epoch` (step 0: a fresh epoch);
@@ -62,8 +63,9 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
     cannot pair a resume point with weights from another step.
     `provenance` records what the weights were trained on (the prior: which
     VQ-VAE made its codes), so a stale resume point is recognised.
-    `extra` (a module of training state, e.g. codebook statistics) goes
-    into the resume point only: the model file stays the plain state dict.
+    `train_state` (a module of training state, e.g. codebook statistics)
+    goes into the resume point only: the model file stays the plain state
+    dict.
     """
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
              'param_names': param_names(model, optimizer),
@@ -72,8 +74,8 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
              'rng': rng_state() if rng is None else rng,
              'config': plain(cfg), 'world_size': get_world_size(),
              'provenance': dict(provenance or {})}
-    if extra is not None:
-        state['extra'] = extra.state_dict()
+    if train_state is not None:  # the file's key stays 'extra': old
+        state['extra'] = train_state.state_dict()  # resume points load
     save_atomic(state, resume_path(ckpt_path))
     save_atomic(state['model'], ckpt_path)
 
@@ -153,15 +155,15 @@ def read_provenance(ckpt_path):
 
 
 def load_training_state(ckpt_path, model, optimizer, cfg=None,
-                        provenance=None, extra=None):
-    """Restore model, optimizer and RNG (and `extra`, when the resume point
-    has its state); return (epoch, step, sums).
+                        provenance=None, train_state=None):
+    """Restore model, optimizer and RNG (and `train_state`, when the resume
+    point has its state); return (epoch, step, sums).
 
     With `cfg`, a mid-epoch resume point whose batches the config changed is
     refused. With `provenance`, one recorded with other values raises
     StaleResumePoint before anything is restored. A resume point without
-    extra state (older, or saved with the options off) leaves `extra` as it
-    is: fresh."""
+    extra state (older, or saved with the options off) leaves `train_state`
+    as it is: fresh."""
     path = resume_path(ckpt_path)
     if not os.path.isfile(path):
         raise CheckpointError(
@@ -180,12 +182,12 @@ def load_training_state(ckpt_path, model, optimizer, cfg=None,
     check_state_dict(model, state['model'], path, 'resume point')
     if cfg is not None:
         check_batch_order(state, cfg, path)
-    has_extra = extra is not None and 'extra' in state
+    has_extra = train_state is not None and 'extra' in state
     if has_extra:
-        check_state_dict(extra, state['extra'], path, 'resume point')
+        check_state_dict(train_state, state['extra'], path, 'resume point')
     model.load_state_dict(state['model'])
     if has_extra:
-        extra.load_state_dict(state['extra'])
+        train_state.load_state_dict(state['extra'])
     # the learning rate comes from the config, not the file, so a run that
     # diverged can be resumed with a lower lr
     lrs = [group['lr'] for group in optimizer.param_groups]

@@ -76,7 +76,7 @@ class Stage:
     lr_at: Optional[Callable[[int], float]] = None
     # training state beside the model (codebook statistics): saved in and
     # restored from the resume points, never in the model file
-    extra: Optional[torch.nn.Module] = None
+    train_state: Optional[torch.nn.Module] = None
 
 
 class StopFlag:
@@ -188,7 +188,7 @@ def check_finite_weights(stage):
     it logged (computed before the step) is finite: never save those over
     the last good files. Every rank holds the same weights under DDP, so
     every rank raises together."""
-    modules = [stage.model] + ([stage.extra] if stage.extra is not None
+    modules = [stage.model] + ([stage.train_state] if stage.train_state is not None
                                else [])
     bad = [name for m in modules for name, t in m.state_dict().items()
            if isinstance(t, torch.Tensor) and t.is_floating_point()
@@ -221,7 +221,7 @@ def resume_or_start(ctx, stage):
     try:
         epoch, step, sums = load_training_state(
             path, stage.model, stage.optimizer, ctx.cfg, stage.provenance,
-            stage.extra)
+            stage.train_state)
     except StaleResumePoint as e:
         log(f'{e} since: training the {stage.name} from scratch')
         return 0, 0, []
@@ -242,7 +242,7 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
     if is_main():  # one writer; the model is the unwrapped one
         save_training_state(stage.path, stage.model, stage.optimizer,
                             ctx.cfg, epoch, step, sums, rng,
-                            stage.provenance, stage.extra)
+                            stage.provenance, stage.train_state)
     barrier()  # no rank exits while rank 0 is still writing
     StopFlag.mark_saved()
     raise Interrupted(f'stopped in {stage.name} epoch {epoch}; resume point '
@@ -259,8 +259,8 @@ def set_lr(optimizer, lr):
         group['lr'] = lr
 
 
-def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
-              stop):
+def run_epoch(ctx, stage, loader, sampler, train_step, epoch, skip,
+              start_sums, stop):
     """One epoch (from batch `skip`): (sums [terms..., samples], images
     seen by this rank, seconds)."""
     device = ctx.device
@@ -286,7 +286,7 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
     for i, batch in enumerate(bar, start=skip):  # i counts from batch 0
         if stage.lr_at is not None:
             set_lr(stage.optimizer, stage.lr_at(epoch * len(loader) + i))
-        terms, n, out = step(batch)
+        terms, n, out = train_step(batch)
         # padding repeats a few samples on some ranks: trained on (every
         # rank must step), left out of the mean
         k = max(0, min(n, n_real - i * loader.batch_size))
@@ -327,13 +327,13 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
             save_training_state(stage.path, stage.model, stage.optimizer,
                                 ctx.cfg, epoch + 1,
                                 provenance=stage.provenance,
-                                extra=stage.extra)
+                                train_state=stage.train_state)
         append_jsonl(ctx.out(stage.log_name), record)
         # the tutorial's line, then the held-out numbers beside it
-        extra = stage.describe(record) if stage.describe else ''
+        scores = stage.describe(record) if stage.describe else ''
         # 4 significant digits (the JSONL log keeps every digit)
         print(f'epoch {epoch} loss: {means[0]:.4g} elapsed {elapsed:.2f}s'
-              + (f' | {extra}' if extra else ''), flush=True)
+              + (f' | {scores}' if scores else ''), flush=True)
         update_loss_plot(ctx.work_dir)
         every = ctx.cfg['preview_every'] if ctx.cfg['n_preview'] else 0
         if stage.preview is not None and every and (epoch + 1) % every == 0:
@@ -378,10 +378,10 @@ def holds_weights(path, model):
         for k, v in own.items())
 
 
-def run_epochs(ctx, stage, loader, sampler, step):
+def run_epochs(ctx, stage, loader, sampler, train_step):
     """Train `stage` from where it stands to cfg[stage.epochs_key] epochs.
 
-    step(batch) -> (loss terms (0-d tensors, in stage.terms order, the total
+    train_step(batch) -> (loss terms (0-d tensors, in stage.terms order, the total
     loss first), batch size, anything stage.bar_info shows).
     """
     if stage.lr_at is None:  # the config's schedule of this stage's lr
@@ -397,8 +397,8 @@ def run_epochs(ctx, stage, loader, sampler, step):
             # only the first epoch of a resumed run starts mid-way
             skip = start_step if epoch == start_epoch else 0
             sums, n_seen, seconds = run_epoch(ctx, stage, loader, sampler,
-                                              step, epoch, skip, start_sums,
-                                              stop)
+                                              train_step, epoch, skip,
+                                              start_sums, stop)
             finish_epoch(ctx, stage, epoch, sums, n_seen, seconds,
                          time.perf_counter() - tic)
             if stop_requested(stop, ctx.device):  # came during eval or save
