@@ -253,14 +253,14 @@ def test_extra_state_round_trip_and_resume_points_without_it(tmp_path):
     model, opt = make_trained(0)
     extra = torch.nn.BatchNorm1d(3)  # any module with buffers
     extra.running_mean.fill_(7.0)
-    save_training_state(path, model, opt, {}, epoch=1, extra=extra)
+    save_training_state(path, model, opt, {}, epoch=1, train_state=extra)
     assert set(load_file(path)) == set(model.state_dict())
     loaded = torch.nn.BatchNorm1d(3)
-    load_training_state(path, model, opt, extra=loaded)
+    load_training_state(path, model, opt, train_state=loaded)
     assert torch.equal(loaded.running_mean, extra.running_mean)
     save_training_state(path, model, opt, {}, epoch=1)  # no extra state
     fresh = torch.nn.BatchNorm1d(3)
-    assert load_training_state(path, model, opt, extra=fresh)[0] == 1
+    assert load_training_state(path, model, opt, train_state=fresh)[0] == 1
     assert torch.equal(fresh.running_mean, torch.zeros(3))
 
 

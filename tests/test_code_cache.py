@@ -159,3 +159,56 @@ def test_a_cache_file_of_another_kind_is_rebuilt(tiny_data_root, tmp_path,
     assert codes.shape == (64, 7, 7)
     assert isinstance(torch.load(path, weights_only=True)['codes'],
                       torch.Tensor)
+
+
+FORGERIES = {  # a cache with a valid key but contents that do not fit
+    'code_too_large': lambda c: c.index_fill(0, torch.tensor([0]), 16),
+    'negative_code': lambda c: c.to(torch.int16).index_fill(
+        0, torch.tensor([1]), -1),
+    'fewer_rows': lambda c: c[:-1],
+    'other_latent_size': lambda c: c[:, :-1],
+    'float_codes': lambda c: c.float(),
+    'flat_codes': lambda c: c.flatten(),
+}
+
+
+@pytest.mark.parametrize('forgery', sorted(FORGERIES))
+def test_forged_cache_contents_are_rebuilt_with_a_warning(
+        tiny_data_root, tmp_path, capsys, forgery):
+    cfg = tiny_cfg(tmp_path)
+    vqvae = save_vqvae(cfg, 0)
+    codes = cached_codes(vqvae, cfg, tiny_data_root, tmp_path)
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train')
+    entry = torch.load(path)
+    entry['codes'] = FORGERIES[forgery](entry['codes'])
+    torch.save(entry, path)
+    capsys.readouterr()
+    assert torch.equal(cached_codes(vqvae, cfg, tiny_data_root, tmp_path),
+                       codes)
+    err = capsys.readouterr().err
+    assert 'warning: code cache' in err and 'rebuilding it' in err
+
+
+def test_forged_labels_are_rebuilt(tiny_data_root, tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path, n_classes=10)
+    vqvae = save_vqvae(cfg, 0)
+    ctx = RunContext(cfg, torch.device('cpu'), str(tmp_path),
+                     str(tiny_data_root), 0)
+
+    def labels():
+        loader, _ = code_loader(ctx, vqvae, 'train', shuffle=False,
+                                batch_size=16)
+        return torch.cat([b[1] for b in loader])
+    good = labels()
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train')
+    entry = torch.load(path)
+    entry['labels'] = entry['labels'][:-3]
+    torch.save(entry, path)
+    capsys.readouterr()
+    assert torch.equal(labels(), good)
+    assert 'labels do not match' in capsys.readouterr().err
+
+
+def test_code_dtype_holds_large_codebooks():
+    for k in (256, 257, 2**15, 2**15 + 1, 100_000):
+        assert torch.iinfo(code_cache.code_dtype(k)).max >= k - 1

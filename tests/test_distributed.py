@@ -31,6 +31,7 @@ from dldemos.VQVAE.configs import get_cfg
 from dldemos.VQVAE.dataset import get_dataset
 from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.runtime.config_check import apply_overrides
+from dldemos.VQVAE.runtime.logs import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = 8  # batch per rank; 2 ranks -> 2B training images, one step each
@@ -68,10 +69,14 @@ def test_bad_config_key_is_said_once_by_rank_0(tmp_path):
     assert len(errors) == 1 and 'no_such_key' in errors[0], out[-3000:]
 
 
-def printed_loss(out):
+def printed_loss(out, log_path):
+    """The epoch's loss: printed once (rank 0 only), rounded; exact in the
+    JSONL log."""
     losses = LOSS_LINE.findall(out)
     assert len(losses) == 1, f'expected one loss line (rank 0 only):\n{out}'
-    return float(losses[0])
+    logged = read_jsonl(log_path)[0]['loss']
+    assert float(losses[0]) == pytest.approx(logged, rel=1e-3)
+    return logged
 
 
 def rank_indices(n, rank):
@@ -131,7 +136,8 @@ def test_vqvae_launcher_2_processes(tiny_data_root, tmp_path):
     dims = (1, 2, 3)
     per_sample = ((x - x_hat)**2).mean(dims) + \
         (1 + 0.25) * ((ze - zq)**2).mean(dims)  # l_w_embedding, commitment
-    assert_global_mean(printed_loss(out), per_sample)
+    logged = printed_loss(out, tmp_path / 'ddp' / 'log_vqvae.jsonl')
+    assert_global_mean(logged, per_sample)
 
     single = load_file(str(tmp_path / 'single' / cfg['vqvae_path']))
     assert_one_step_equal(ddp_vqvae.state_dict(), single, init_state)
@@ -177,7 +183,8 @@ def test_pixelcnn_launcher_2_processes(tiny_data_root, tmp_path):
     with torch.no_grad():
         logits = init(codes)  # [2B, K, h, w]
     per_sample = F.cross_entropy(logits, codes, reduction='none').mean((1, 2))
-    assert_global_mean(printed_loss(out), per_sample)
+    logged = printed_loss(out, tmp_path / 'ddp' / 'log_pixelcnn.jsonl')
+    assert_global_mean(logged, per_sample)
 
     single = load_file(str(tmp_path / 'single' / cfg['gen_model_path']))
     assert_one_step_equal(ddp_gen.state_dict(), single, init_state)

@@ -40,8 +40,10 @@ def run_main(data_root, work_dir, cfg_id, options, stages='1,2,3,4',
 
 
 def resolved_cfg(cfg_id, options, seed=0):
-    """The config a run resolves: overrides applied, its --seed recorded."""
-    return dict(apply_overrides(get_cfg(cfg_id), options), seed=seed)
+    """The config a run resolves: overrides applied, its --seed and config
+    id recorded."""
+    return dict(apply_overrides(get_cfg(cfg_id), options), seed=seed,
+                config_id=cfg_id)
 
 
 def load_state(path):

@@ -57,16 +57,16 @@ def check_row(row, metrics, work_dir):
     nll = 'prior NLL nats/latent (uniform {uniform})'
     assert float(c[nll]) == round(p['nll_nats_per_latent'], 3)
     assert float(c['bits/dim']) == float(f'{p["bits_per_dim"]:.3g}')
-    assert float(c['sample distance']) == round(s['fid'], 1)
+    assert float(c['fid']) == round(s['fid'], 1)
     ref = s['reference']
-    assert float(c['ref: reconstructions']) == \
+    assert float(c['fid ref: reconstructions']) == \
         round(ref['reconstructions_vs_test']['fid'], 1)
-    assert float(c['ref: train vs test']) == \
+    assert float(c['fid ref: train vs test']) == \
         round(ref['train_vs_test']['fid'], 1)
-    assert float(c['sample class confidence']) == \
+    assert float(c['mean_confidence']) == \
         round(s['mean_confidence'], 3)
     # an unconditional prior has no conditional accuracy
-    assert c['conditional accuracy'] == '-'
+    assert c['conditional_accuracy'] == '-'
 
 
 @pytest.mark.slow

@@ -62,8 +62,8 @@ RUNS = {
 COLUMNS = ['run', 'epochs (VQ-VAE / prior)', 'train time', 'test MSE',
            'PSNR (dB)', 'SSIM', 'codes used (perplexity)',
            'prior NLL nats/latent (uniform {uniform})', 'bits/dim',
-           'sample distance', 'ref: reconstructions', 'ref: train vs test',
-           'sample class confidence', 'conditional accuracy']
+           'fid', 'fid ref: reconstructions', 'fid ref: train vs test',
+           'mean_confidence', 'conditional_accuracy']
 
 
 # ------------------------------------------------------------ formatting

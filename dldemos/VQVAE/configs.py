@@ -22,6 +22,8 @@ DEFAULTS = dict(
     temperature=1.0,       # sampling temperature
     top_k=None,            # sample only from the k most likely codes
     eval_subset=1000,      # held-out images scored at the end of each epoch
+    epoch_swd_samples=0,   # samples scored each prior epoch by the patch
+                           # distance (scoring/swd.py; 0 = off)
     save_every=1,          # epochs between checkpoints (and resume points)
     preview_every=1,       # epochs between preview grids in previews/ (0=off)
     n_preview=16,          # images in a preview grid (cheap: a handful)

@@ -15,7 +15,8 @@ import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
-    from dldemos.utils.threads import passive_wait
+    from dldemos.utils.threads import passive_wait, stop_quietly
+    stop_quietly()  # Ctrl-C / SIGTERM while importing: one line, exit 130
     passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 from dldemos.VQVAE.runtime.build import build_models

@@ -25,7 +25,8 @@ from typing import Optional
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
-    from dldemos.utils.threads import passive_wait
+    from dldemos.utils.threads import passive_wait, stop_quietly
+    stop_quietly()  # Ctrl-C / SIGTERM while importing: one line, exit 130
     passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 from dldemos.utils.errors import UsageError
@@ -40,6 +41,7 @@ from dldemos.VQVAE.scoring.heldout import (epochs_trained, load_checkpoints,
                                            score_prior, score_samples,
                                            score_vqvae)
 from dldemos.VQVAE.scoring.report import format_table
+from dldemos.VQVAE.scoring.swd import MAX_IMAGES
 
 
 @dataclass
@@ -99,8 +101,11 @@ def evaluate(ctx, opts=None):
     # scored: the samples' distance has them as its reference
     features = feature_extractor(ctx, opts) if opts.n_samples else \
         (None, None, {})
-    recon_feats = None if features[0] is None else \
-        FeatureSet(features[0], opts.n_samples)
+    # without a classifier the samples also get a patch score (swd.py),
+    # which compares them with the reconstructions' pixels
+    patches = bool(opts.n_samples) and features[1] is None
+    recon_feats = FeatureSet(features[0], opts.n_samples,
+                             MAX_IMAGES if patches else 0)
     result['vqvae'] = score_vqvae(ctx, vqvae, opts, recon_feats)
     log(f'VQ-VAE scored ({time.perf_counter() - tic:.1f}s)')
     if no_prior:

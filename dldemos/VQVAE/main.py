@@ -19,7 +19,8 @@ import sys
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
-    from dldemos.utils.threads import passive_wait
+    from dldemos.utils.threads import passive_wait, stop_quietly
+    stop_quietly()  # Ctrl-C / SIGTERM while importing: one line, exit 130
     passive_wait()  # before torch loads OpenMP: idle threads sleep, not spin
 
 import torch
@@ -89,7 +90,7 @@ def train_vqvae(vqvae: VQVAE, ctx: RunContext):
     stage = Stage('VQ-VAE', vqvae, optimizer, ctx.ckpt('vqvae_path'),
                   'n_epochs', 'log_vqvae.jsonl',
                   ('loss', 'reconstruct', 'embedding', 'commitment'),
-                  extra=codebook, **vqvae_hooks(ctx, vqvae))
+                  train_state=codebook, **vqvae_hooks(ctx, vqvae))
     run_epochs(ctx, stage, dataloader, sampler, train_step)
 
 

@@ -5,6 +5,7 @@ preview grids written during training so progress can be watched.
 """
 import argparse
 import io
+import math
 import os
 import sys
 
@@ -16,7 +17,7 @@ import einops
 import numpy as np
 import torch
 
-from dldemos.utils.errors import UsageError
+from dldemos.utils.errors import UsageError, report_errors
 from dldemos.VQVAE.runtime.files import write_bytes_atomic
 from dldemos.VQVAE.runtime.logs import read_jsonl
 from dldemos.VQVAE.sampling import grid_labels, sample_with_cfg
@@ -111,13 +112,20 @@ def loss_panels(work_dir):
         records = by_epoch(read_jsonl(os.path.join(work_dir, log_name)))
         lines = []
         for key, label in curves:
+            # a hand-edited or damaged log may hold anything: only finite
+            # numbers are drawn
             points = [(r['epoch'], r[key]) for r in records
-                      if r.get(key) is not None]
+                      if is_number(r.get(key))]
             if points:
                 lines.append((label, *zip(*points)))
         if lines:
             panels.append((title, lines))
     return panels
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) \
+        and math.isfinite(v)
 
 
 def plot_losses(work_dir, out=LOSS_PLOT):
@@ -239,6 +247,15 @@ def build_parser():
     return parser
 
 
-if __name__ == '__main__':
-    path = plot_losses(build_parser().parse_args().work_dir)
+def main(argv=None):
+    work_dir = build_parser().parse_args(argv).work_dir
+    try:
+        path = plot_losses(work_dir)
+    except OSError as e:  # an unreadable log, an unwritable work dir
+        raise UsageError(f'could not redraw {LOSS_PLOT} in {work_dir} '
+                         f'({e.strerror or e}): check the folder') from None
     print('wrote', path) if path else print('no logs found')
+
+
+if __name__ == '__main__':
+    sys.exit(report_errors(main))

@@ -64,12 +64,21 @@ def report_errors(fn, debug=False, label='error', catch_sigterm=True):
     # stop the run the way Ctrl-C does. (The torchrun launchers opt out:
     # torchrun ends the other ranks with SIGTERM when one fails, and a rank
     # blocked in a collective would not run a Python handler.)
-    old = None
-    if catch_sigterm:
-        try:
-            old = signal.signal(signal.SIGTERM, _raise_terminated)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
+    # An entry script's stop_quietly() handlers (exit at once) give way to
+    # Ctrl-C's KeyboardInterrupt and the SIGTERM above (or, for the
+    # launchers, SIGTERM's default) while fn runs, and come back after.
+    old = {}
+    # (marked by an attribute: threads.py imports this module for its error)
+    startup = {s: getattr(signal.getsignal(s), 'exits_at_once', False)
+               for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in ((signal.SIGINT, signal.default_int_handler),
+                       (signal.SIGTERM, _raise_terminated if catch_sigterm
+                        else signal.SIG_DFL)):
+        if startup[s] or (s == signal.SIGTERM and catch_sigterm):
+            try:
+                old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
     try:
         fn()
         return 0
@@ -91,5 +100,5 @@ def report_errors(fn, debug=False, label='error', catch_sigterm=True):
         print(f'{label}: {one_line(e)}', file=sys.stderr, flush=True)
         return EXIT_USAGE
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -13,9 +13,11 @@ slower than spinning threads when the cores are free, for these small
 models). `--threads 1` avoids both costs where models are small and cores few.
 
 A leaf module that does not import torch at load time: entry points call
-passive_wait() before their first `import torch`.
+passive_wait() before their first `import torch`, and stop_quietly() with
+it.
 """
 import os
+import signal
 
 
 def passive_wait():
@@ -27,13 +29,41 @@ def passive_wait():
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
+# More threads than this is a typo: OpenMP fails to start tens of
+# thousands of threads (a crash at the first kernel), and no machine this
+# runs on has that many cores.
+MAX_THREADS = 1024
+
+
+def stop_quietly():
+    """Ctrl-C or SIGTERM from now until the run installs its own handlers
+    (report_errors, the training loops) ends the process at once with one
+    line and exit code 130, instead of a traceback from inside the imports
+    (SIGINT) or a silent exit 143 (SIGTERM): nothing has been written yet.
+    report_errors puts it back when it returns, so a late signal while the
+    process exits says the same."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop_now)
+
+
+def stop_now(signum, frame):
+    # os.write and os._exit: safe wherever the signal lands (mid-import,
+    # mid-print), and nothing is half-written that a cleanup would finish
+    os.write(2, f'stopped by {signal.Signals(signum).name}\n'.encode())
+    os._exit(130)
+
+
+stop_now.exits_at_once = True  # report_errors recognises it by this
+
+
 def configure_threads(n=None):
     """torch.set_num_threads(n) when n is given (None keeps torch's default:
     one thread per core, or OMP_NUM_THREADS). Returns the thread count."""
     import torch
     if n is not None:
-        if n < 1:
+        if not 1 <= n <= MAX_THREADS:
             from dldemos.utils.errors import UsageError
-            raise UsageError(f'--threads {n}: use an integer >= 1')
+            raise UsageError(f'--threads {n}: use an integer from 1 to '
+                             f'{MAX_THREADS} (the cores: {os.cpu_count()})')
         torch.set_num_threads(n)
     return torch.get_num_threads()

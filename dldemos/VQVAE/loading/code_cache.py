@@ -11,6 +11,7 @@ the order of the codes; a file without them is rebuilt when they are asked
 for, and one with them serves unconditional runs too.
 """
 import os
+import sys
 
 import torch
 
@@ -28,7 +29,10 @@ def cache_path(ckpt_path, split, subset=None):
 
 
 def code_dtype(n_embedding):
-    return torch.uint8 if n_embedding <= 256 else torch.int16
+    """The smallest integer type that holds codes 0 .. n_embedding-1."""
+    if n_embedding <= 256:
+        return torch.uint8
+    return torch.int16 if n_embedding <= 2**15 else torch.int32
 
 
 @torch.no_grad()
@@ -50,23 +54,66 @@ def encode_all(vqvae, dataloader, device, progress=None, *,
     return torch.cat(codes)
 
 
-def valid_cache(path, key, with_labels=False):
-    """Whether path holds codes made for exactly `key` (and labels beside
-    them when asked for). Anything else there (another key, a file of
-    another kind, a damaged one) is rebuilt: the cache is derived data,
-    never worth an error."""
+def cache_problem(path, key, with_labels=False, expect=None):
+    """Why path cannot serve `key`: None when it can. '' when it holds no
+    cache of this key (absent, another key, another kind of file, a damaged
+    one): rebuilt quietly, the cache is derived data, never worth an error.
+    A cache of this key whose contents do not fit what `expect` says
+    (n_embedding, n_images, latent [h, w]), e.g. edited by hand, gets a
+    sentence, said as a warning when it is rebuilt."""
     if not os.path.isfile(path):
-        return False
+        return ''
     try:
         cached = load_file(path, 'code cache')
     except CheckpointError:
-        return False
-    if not (isinstance(cached, dict) and cached.get('key') == key and
-            isinstance(cached.get('codes'), torch.Tensor)):
-        return False
-    labels = cached.get('labels')
-    return not with_labels or (isinstance(labels, torch.Tensor) and
-                               labels.shape == cached['codes'].shape[:1])
+        return ''
+    if not (isinstance(cached, dict) and cached.get('key') == key):
+        return ''
+    return content_problem(cached.get('codes'), cached.get('labels'),
+                           with_labels, expect or {})
+
+
+def content_problem(codes, labels, with_labels, expect):
+    """What is wrong with cached codes [N, h, w] (and labels [N]), or None."""
+    if not (isinstance(codes, torch.Tensor) and codes.dim() == 3 and
+            not codes.is_floating_point() and codes.dtype != torch.bool):
+        return 'its codes are not an [N, h, w] integer tensor'
+    n, latent = expect.get('n_images'), expect.get('latent')
+    if n is not None and len(codes) != n:
+        return f'it holds {len(codes)} images\' codes, the data {n}'
+    if latent is not None and list(codes.shape[1:]) != list(latent):
+        return (f'its codes are {list(codes.shape[1:])} a side, the '
+                f'VQ-VAE\'s {list(latent)}')
+    k = expect.get('n_embedding')
+    if codes.numel() and (int(codes.min()) < 0 or
+                          (k is not None and int(codes.max()) >= k)):
+        return (f'its codes span {int(codes.min())}..{int(codes.max())}, '
+                f'outside 0..{k - 1 if k else "?"}')
+    if with_labels and not (isinstance(labels, torch.Tensor) and
+                            labels.shape == codes.shape[:1] and
+                            not labels.is_floating_point()):
+        # a cache without labels is rebuilt quietly when they are asked for
+        return '' if labels is None else \
+            'its labels do not match its codes one to one'
+    return None
+
+
+def valid_cache(path, key, with_labels=False, expect=None):
+    """Whether path holds codes made for exactly `key` (and labels beside
+    them when asked for) that fit `expect` (see cache_problem)."""
+    return cache_problem(path, key, with_labels, expect) is None
+
+
+def expected_contents(vqvae, loader, key):
+    """What a cache of `key` must hold: codes below n_embedding, one per
+    image of the loader's dataset (when there is a loader), of the latent
+    size the VQ-VAE gives key['img_shape'] (when the key says it)."""
+    expect = {'n_embedding': vqvae.vq_embedding.num_embeddings}
+    if loader is not None:
+        expect['n_images'] = len(loader.dataset)
+    if key.get('img_shape'):
+        expect['latent'] = list(vqvae.get_latent_HW(key['img_shape']))
+    return expect
 
 
 def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None,
@@ -90,7 +137,12 @@ def load_or_build(vqvae, ckpt_path, key, make_loader, device, progress=None,
                 loader = make_loader()  # no worker starts before iteration
                 fingerprint = files_fingerprint(loader.dataset)
             key['files'] = fingerprint
-        if not valid_cache(path, key, with_labels):
+        expect = expected_contents(vqvae, loader, key)
+        problem = cache_problem(path, key, with_labels, expect)
+        if problem:
+            print(f'warning: code cache {path} does not fit its data '
+                  f'({problem}): rebuilding it', file=sys.stderr, flush=True)
+        if problem is not None:
             out = encode_all(vqvae, loader or make_loader(), device,
                              progress, with_labels=with_labels)
             codes, labels = out if with_labels else (out, None)

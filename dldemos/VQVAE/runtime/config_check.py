@@ -19,6 +19,10 @@ SAMPLER_NAMES = ('cached', 'naive')
 # Largest image side we accept: the VQ-VAE's activations grow with H * W, and
 # a typo such as (3, 6400, 6400) would otherwise end in the kernel's OOM kill.
 MAX_IMG_SIDE = 1024
+# Largest learning rate accepted: an Adam step moves each weight by about
+# lr, so anything near this already diverges; far larger values (1e300) fail
+# inside the optimizer's fp32 arithmetic with a traceback.
+MAX_LR = 1e3
 # classes of the datasets with labels (a class-conditional prior needs them;
 # your own images: as many as class subfolders, resolve_classes)
 N_CLASSES = {'MNIST': 10}
@@ -53,6 +57,10 @@ def parse_value(text, default):
     # type(...) is int: a bool is an int to isinstance, and True is no lr
     if isinstance(default, float) and type(value) is int:
         return float(value)
+    # numbers are numbers: a weight such as l_w_embedding=1 takes 0.5; the
+    # keys that must be whole numbers are held to it by check_ranges
+    if type(default) is int and type(value) is float:
+        return value
     if isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
     if type(value) is not type(default):
@@ -119,6 +127,16 @@ INT_RULES = [(('dim', 'n_embedding', 'batch_size', 'batch_size_2',
              (('eval_subset',), True, 0)]
 
 
+# Largest model and sample sizes accepted, each 8x or more above what any
+# config uses: beyond them the models or their activations outgrow any one
+# machine's memory (the codebook search alone is [batch * h * w,
+# n_embedding] floats), and a typo such as pixelcnn_n_blocks=100000000 would
+# otherwise spend minutes building modules before an allocation error.
+MAX_SIZES = {'dim': 2048, 'n_embedding': 65536, 'pixelcnn_dim': 4096,
+             'pixelcnn_linear_dim': 4096, 'pixelcnn_n_blocks': 256,
+             'n_sample': 10000}
+
+
 def check_ranges(cfg):
     """Values of the right type but out of range (batch_size=0,
     save_every=0, lr=None, temperature=inf ...) fail deep inside a run, or
@@ -129,16 +147,27 @@ def check_ranges(cfg):
             if not (v is None and none_ok) and not (_is_int(v) and v >= low):
                 raise UsageError(f'{k}={v!r}: use an integer >= {low}'
                                  + (' or None' if none_ok else ''))
+    for k, high in MAX_SIZES.items():
+        if cfg[k] > high:
+            raise UsageError(f'{k}={cfg[k]}: use at most {high} (larger '
+                             'models or sample grids would exhaust memory)')
+    # an infinite lr (lr=1e999 parses to inf) turns the weights to NaN in
+    # one step, and one beyond fp32's range fails inside the optimizer; an
+    # infinite temperature divides every logit to 0 (uniform codes) and NaN
+    # poisons them: none of them is a usable value
     for k in ('lr', 'lr_2', 'temperature'):
         v = cfg[k]
         if not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                and v > 0):
-            raise UsageError(f'{k}={v!r}: use a number > 0')
-    # an infinite temperature divides every logit to 0 (uniform codes) and
-    # NaN poisons them: neither is sampling from the prior
-    if not math.isfinite(cfg['temperature']):
-        raise UsageError(f'temperature={cfg["temperature"]!r}: use a finite '
-                         'number > 0')
+                and v > 0 and math.isfinite(v)):
+            raise UsageError(f'{k}={v!r}: use a finite number > 0')
+    for k in ('l_w_embedding', 'l_w_commitment'):  # loss weights
+        v = cfg[k]
+        if not (_is_number(v) and 0 <= v < math.inf):
+            raise UsageError(f'{k}={v!r}: use a finite number >= 0')
+    for k in ('lr', 'lr_2'):
+        if cfg[k] > MAX_LR:
+            raise UsageError(f'{k}={cfg[k]!r}: use a learning rate <= '
+                             f'{MAX_LR:g} (the configs use 1e-4 to 1e-2)')
     check_dataset_type(cfg['dataset_type'])
     for k, valid in (('sampler', SAMPLER_NAMES),
                      ('img_fit', FITS),

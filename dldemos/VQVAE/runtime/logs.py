@@ -60,8 +60,9 @@ def append_jsonl(path, record):
 
 def read_jsonl(path):
     """The records of a JSONL log ([] if absent). A line cut short by a
-    killed run, bytes that are not UTF-8 or a line that is not a JSON object
-    are skipped: a damaged log must not stop a resumed run."""
+    killed run, bytes that are not UTF-8, a line that is not a JSON object
+    or one whose epoch is not a whole number >= 0 are skipped: a damaged
+    log must not stop a resumed run, nor the loss plot."""
     if not os.path.isfile(path):
         return []
     records = []
@@ -71,9 +72,15 @@ def read_jsonl(path):
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict):
+            if isinstance(record, dict) and good_epoch(record):
                 records.append(record)
     return records
+
+
+def good_epoch(record):
+    """No epoch (not a per-epoch record), or a whole number >= 0."""
+    e = record.get('epoch', 0)
+    return type(e) is int and e >= 0
 
 
 def start_jsonl(path, start_epoch):

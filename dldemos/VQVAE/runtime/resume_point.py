@@ -52,7 +52,8 @@ def set_cuda_rng_states(states):
         torch.cuda.set_rng_state(s, index)
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
-                        sums=None, rng=None, provenance=None, extra=None):
+                        sums=None, rng=None, provenance=None,
+                        train_state=None):
     """Write the model (plain state dict) and its resume point, atomically.
 
     Resuming starts at batch `step` of epoch `epoch` (step 0: a fresh epoch);
@@ -62,19 +63,49 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
     cannot pair a resume point with weights from another step.
     `provenance` records what the weights were trained on (the prior: which
     VQ-VAE made its codes), so a stale resume point is recognised.
-    `extra` (a module of training state, e.g. codebook statistics) goes
-    into the resume point only: the model file stays the plain state dict.
+    `train_state` (a module of training state, e.g. codebook statistics)
+    goes into the resume point only: the model file stays the plain state
+    dict.
     """
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'param_names': param_names(model, optimizer),
              'epoch': int(epoch), 'step': int(step),
              'sums': [] if sums is None else [float(v) for v in sums],
              'rng': rng_state() if rng is None else rng,
              'config': plain(cfg), 'world_size': get_world_size(),
              'provenance': dict(provenance or {})}
-    if extra is not None:
-        state['extra'] = extra.state_dict()
+    if train_state is not None:  # the file's key stays 'extra': old
+        state['extra'] = train_state.state_dict()  # resume points load
     save_atomic(state, resume_path(ckpt_path))
     save_atomic(state['model'], ckpt_path)
+
+def param_names(model, optimizer):
+    """The model's name of each parameter the optimizer trains, per param
+    group: a resume point records them so that a run resumed with another
+    set of trained parameters (codebook_ema switched on or off) keeps the
+    optimizer state of the parameters both share."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names.get(id(p), f'?{i}') for i, p in enumerate(g['params'])]
+            for g in optimizer.param_groups]
+
+
+def remap_optimizer_state(saved, saved_names, optimizer, names):
+    """The saved optimizer state dict rearranged for `optimizer`, whose
+    parameters are `names`: a parameter both train keeps its state, one
+    newly trained starts afresh, one no longer trained is dropped."""
+    current = optimizer.state_dict()
+    index = {n: i for group, group_names in zip(saved['param_groups'],
+                                                 saved_names)
+             for i, n in zip(group['params'], group_names)}
+    groups, state = [], {}
+    for group, cur, group_names in zip(saved['param_groups'],
+                                       current['param_groups'], names):
+        groups.append(dict(group, params=cur['params']))
+        for i, n in zip(cur['params'], group_names):
+            if index.get(n) in saved['state']:
+                state[i] = saved['state'][index[n]]
+    return {'state': state, 'param_groups': groups}
+
 
 RESUME_KEYS = ('model', 'optimizer', 'epoch', 'step', 'sums', 'rng')
 # config keys that decide which images each batch of an epoch holds: a
@@ -124,15 +155,15 @@ def read_provenance(ckpt_path):
 
 
 def load_training_state(ckpt_path, model, optimizer, cfg=None,
-                        provenance=None, extra=None):
-    """Restore model, optimizer and RNG (and `extra`, when the resume point
-    has its state); return (epoch, step, sums).
+                        provenance=None, train_state=None):
+    """Restore model, optimizer and RNG (and `train_state`, when the resume
+    point has its state); return (epoch, step, sums).
 
     With `cfg`, a mid-epoch resume point whose batches the config changed is
     refused. With `provenance`, one recorded with other values raises
     StaleResumePoint before anything is restored. A resume point without
-    extra state (older, or saved with the options off) leaves `extra` as it
-    is: fresh."""
+    extra state (older, or saved with the options off) leaves `train_state`
+    as it is: fresh."""
     path = resume_path(ckpt_path)
     if not os.path.isfile(path):
         raise CheckpointError(
@@ -151,17 +182,23 @@ def load_training_state(ckpt_path, model, optimizer, cfg=None,
     check_state_dict(model, state['model'], path, 'resume point')
     if cfg is not None:
         check_batch_order(state, cfg, path)
-    has_extra = extra is not None and 'extra' in state
+    has_extra = train_state is not None and 'extra' in state
     if has_extra:
-        check_state_dict(extra, state['extra'], path, 'resume point')
+        check_state_dict(train_state, state['extra'], path, 'resume point')
     model.load_state_dict(state['model'])
     if has_extra:
-        extra.load_state_dict(state['extra'])
+        train_state.load_state_dict(state['extra'])
     # the learning rate comes from the config, not the file, so a run that
     # diverged can be resumed with a lower lr
     lrs = [group['lr'] for group in optimizer.param_groups]
+    saved_opt, names = state['optimizer'], param_names(model, optimizer)
+    saved_names = state.get('param_names')
+    if saved_names is not None and saved_names != names and \
+            len(saved_names) == len(names):
+        saved_opt = remap_optimizer_state(saved_opt, saved_names,
+                                          optimizer, names)
     try:
-        optimizer.load_state_dict(state['optimizer'])
+        optimizer.load_state_dict(saved_opt)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f'optimizer state in {path} does not match the '
                               f'model ({e}); use the config it was trained '

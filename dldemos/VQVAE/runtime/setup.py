@@ -177,7 +177,8 @@ def lock_checkpoint_folders(ctx):
     for key in ('vqvae_path', 'gen_model_path'):
         folder = os.path.dirname(os.path.abspath(ctx.ckpt(key)))
         if os.path.realpath(folder) != os.path.realpath(ctx.work_dir):
-            lock_work_dir(folder)
+            lock_work_dir(folder, f'the folder of {key}',
+                          f'give {key} a path in another folder')
 
 
 def announce(ctx, config_id, stages, distributed, evaluating):

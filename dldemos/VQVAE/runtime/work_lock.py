@@ -22,22 +22,24 @@ LOCK_FILE = '.lock'
 _held = {}
 
 
-def lock_work_dir(work_dir):
+def lock_work_dir(work_dir, what='work dir',
+                  remedy='pick another --work-dir'):
     """Lock work_dir for this process (again: a no-op), or raise UsageError
-    naming the run that holds it. Returns False where the filesystem has no
+    naming the run that holds it (`what` the folder is, and the `remedy`,
+    name a checkpoint folder outside the work dir in those words). Returns False where the filesystem has no
     locks (some network filesystems): the run goes on unlocked."""
     key = os.path.realpath(work_dir)
     if key in _held:
         return True
-    fd = open_lock_file(work_dir)
+    fd = open_lock_file(work_dir, what, remedy)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = read_holder(fd)
         os.close(fd)
-        raise UsageError(f'work dir {work_dir} is in use by another run '
-                         f'({holder}): wait for it, stop it, or pick another '
-                         '--work-dir') from None
+        raise UsageError(f'{what} {work_dir} is in use by another run '
+                         f'({holder}): wait for it, stop it, or {remedy}') \
+            from None
     except OSError:  # ENOLCK, EOPNOTSUPP: no locks on this filesystem
         os.close(fd)
         return False
@@ -53,16 +55,16 @@ def unlock_work_dir(work_dir):
         os.close(fd)  # closing the last fd of the file drops the flock
 
 
-def open_lock_file(work_dir):
+def open_lock_file(work_dir, what='work dir',
+                   remedy='pick another --work-dir'):
     try:
         os.makedirs(work_dir, exist_ok=True)
         # no O_TRUNC: until the lock is ours, the file names its holder
         return os.open(os.path.join(work_dir, LOCK_FILE),
                        os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise UsageError(f'work dir {work_dir} is not writable '
-                         f'({e.strerror}): pick another with --work-dir') \
-            from None
+        raise UsageError(f'{what} {work_dir} is not writable '
+                         f'({e.strerror}): {remedy}') from None
 
 
 def write_holder(fd):

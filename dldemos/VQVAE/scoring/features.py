@@ -64,16 +64,25 @@ def load_inception(device):
 
 class FeatureSet:
     """Features of up to `limit` images, collected batch by batch, so that
-    reconstructions can be featurised while the VQ-VAE is scored."""
+    reconstructions can be featurised while the VQ-VAE is scored; with
+    keep_images, also the first keep_images images themselves (the patch
+    score of samples, swd.py, compares pixels, not features). extract None:
+    images only."""
 
-    def __init__(self, extract, limit=None):
+    def __init__(self, extract, limit=None, keep_images=0):
         self.extract, self.limit, self.parts, self.n = extract, limit, [], 0
+        self.keep, self.kept, self.n_kept = keep_images, [], 0
 
     def full(self):
-        return self.limit is not None and self.n >= self.limit
+        return self.limit is not None and self.n >= self.limit and \
+            self.n_kept >= self.keep
 
     def add(self, x):
-        if self.full():
+        if self.n_kept < self.keep:
+            self.kept.append(x[:self.keep - self.n_kept].float().cpu())
+            self.n_kept += self.kept[-1].shape[0]
+        if self.extract is None or (self.limit is not None and
+                                    self.n >= self.limit):
             return
         if self.limit is not None:
             x = x[:self.limit - self.n]
@@ -82,6 +91,9 @@ class FeatureSet:
 
     def array(self):
         return torch.cat(self.parts).numpy()  # [n, D]
+
+    def images(self):
+        return torch.cat(self.kept)  # [n_kept, C, H, W]
 
 
 def features_of_loader(extract, loader, limit=None):

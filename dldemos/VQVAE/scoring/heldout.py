@@ -18,6 +18,7 @@ from dldemos.VQVAE.scoring.features import (FeatureSet, features_of_loader,
                                             fid_entry)
 from dldemos.VQVAE.scoring.metrics import (bits_per_dim, feature_stats,
                                            prior_nll, vqvae_heldout)
+from dldemos.VQVAE.scoring.swd import MAX_IMAGES, swd_scores
 
 PSNR_CONVENTION = ('set-level: 10 log10(1 / MSE) of the mean squared error '
                    'over every pixel of every held-out image (clipped to '
@@ -128,6 +129,8 @@ def score_samples(ctx, vqvae, gen_model, opts, features, recon_feats):
     out = dict(fields, n_samples=n, sampler=cfg['sampler'],
                temperature=cfg['temperature'], top_k=cfg['top_k'],
                seed=ctx.seed, grid=grid)
+    if clf is None:  # no classifier: a patch score that needs no weights
+        out.update(patch_scores(ctx, imgs, recon_feats.images(), opts))
     if extract is None:
         return out
     batch = opts.batch_size
@@ -151,6 +154,34 @@ def score_samples(ctx, vqvae, gen_model, opts, features, recon_feats):
     if clf is not None:
         out.update(classified(clf, sample_feats.array(), labels, ctx.device))
     return out
+
+
+def first_images(loader, n):
+    """The first n images of a loader [n, C, H, W] (fewer if it ends)."""
+    out, have = [], 0
+    for x in loader:
+        out.append(x[:n - have].float())
+        have += out[-1].shape[0]
+        if have >= n:
+            break
+    return torch.cat(out)
+
+
+def patch_scores(ctx, samples, recons, opts):
+    """The sliced Wasserstein distance of Laplacian-pyramid patches
+    (swd.py) of the samples to the held-out images, beside the same two
+    references as the Frechet distance: the reconstructions of those
+    held-out images, and as many random training images as samples."""
+    n = min(samples.shape[0], MAX_IMAGES)
+    test_loader, _ = image_loader(ctx, opts.batch_size, 'test',
+                                  subset=opts.eval_images, shuffle=False)
+    real = first_images(test_loader, MAX_IMAGES)  # [m, C, H, W]
+    train_loader, _ = image_loader(ctx, opts.batch_size, 'train')
+    train = first_images(train_loader, n)
+    s = swd_scores(real, samples[:n], recons, train, seed=ctx.seed)
+    return {k: s[k] for k in ('swd', 'swd_ref_reconstructions',
+                              'swd_ref_train', 'swd_levels',
+                              'swd_convention')}
 
 
 @torch.no_grad()

@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
                                 is_dist, is_main)
-from dldemos.utils.errors import Interrupted, NonFiniteLoss, UsageError
-from dldemos.VQVAE.runtime.files import save_atomic
+from dldemos.utils.errors import (CheckpointError, Interrupted,
+                                  NonFiniteLoss, UsageError)
+from dldemos.VQVAE.runtime.files import load_file, save_atomic
 from dldemos.VQVAE.runtime.resume_point import (StaleResumePoint,
                                                 load_training_state,
                                                 resume_path, rng_state,
@@ -48,6 +49,10 @@ from dldemos.VQVAE.plots import update_loss_plot
 # batches keeps the GPUs streaming and still stops within seconds.
 STOP_CHECK_EVERY = 16
 BAR_EVERY = 20  # batches between progress-bar updates (each syncs the host)
+# ... or sooner once this many seconds passed: slow batches (a CPU, a short
+# epoch) would otherwise show one batch's loss for minutes, as if stuck,
+# and a host sync a second costs a GPU nothing
+BAR_SECONDS = 1.0
 
 
 @dataclass
@@ -71,16 +76,22 @@ class Stage:
     lr_at: Optional[Callable[[int], float]] = None
     # training state beside the model (codebook statistics): saved in and
     # restored from the resume points, never in the model file
-    extra: Optional[torch.nn.Module] = None
+    train_state: Optional[torch.nn.Module] = None
 
 
 class StopFlag:
     """Turns SIGINT / SIGTERM into a flag the loop polls, so it can save a
     resume point and exit cleanly instead of dying mid-write. A second
-    signal does not abort that save; a third quits at once."""
+    signal does not abort that save; a third quits at once, unless the
+    resume point is saved already. Once a signal came the run is ending:
+    signals after the loop (while the stop message is printed and the
+    process exits) are ignored, not turned into a traceback."""
+
+    active = None  # the flag of the loop running now (see mark_saved)
 
     def __init__(self):
         self.signum, self.count, self._old = None, 0, {}
+        self.saved = False
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -88,10 +99,13 @@ class StopFlag:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        StopFlag.active = self
         return self
 
     def _handle(self, signum, frame):
         self.count += 1
+        if self.saved:  # nothing left to abort: the run is ending anyway
+            return
         if self.count >= 3:
             raise KeyboardInterrupt
         self.signum = self.signum or signum
@@ -102,12 +116,23 @@ class StopFlag:
                  b'\nstill saving the resume point: signal once more to quit '
                  b'without saving\n')
 
+    @classmethod
+    def mark_saved(cls):
+        if cls.active is not None:
+            cls.active.saved = True
+
     def __exit__(self, *exc):
+        StopFlag.active = None
         for s, old in self._old.items():
-            signal.signal(s, old)
+            signal.signal(s, ignore_late_signal if self.count else old)
 
     def __bool__(self):
         return self.signum is not None
+
+
+def ignore_late_signal(signum, frame):
+    """A signal after a stop began: the run is already ending with 130.
+    (A Python handler, not SIG_IGN, which child processes would inherit.)"""
 
 
 def stop_requested(stop, device):
@@ -158,6 +183,29 @@ def check_finite(values, stage):
         + (' with --resume' if os.path.isfile(stage.path) else ''))
 
 
+def check_finite_weights(stage):
+    """A step with a blown-up lr can leave NaN or inf weights while the loss
+    it logged (computed before the step) is finite: never save those over
+    the last good files. Every rank holds the same weights under DDP, so
+    every rank raises together."""
+    modules = [stage.model] + ([stage.train_state] if stage.train_state is not None
+                               else [])
+    bad = [name for m in modules for name, t in m.state_dict().items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    path = stage.path
+    kept = (f'the last good checkpoint {path} is kept'
+            if os.path.isfile(path) else 'no checkpoint was saved yet')
+    raise NonFiniteLoss(
+        f'{stage.name} weights became NaN or inf ({bad[0]}'
+        + (f' and {len(bad) - 1} more' if len(bad) > 1 else '')
+        + f'): training stopped; {kept}. Lower the learning rate '
+        f'({"lr_2" if stage.epochs_key == "n_epochs_2" else "lr"}) and run '
+        'again' + (' with --resume' if os.path.isfile(path) else ''))
+
+
 def resume_or_start(ctx, stage):
     """(epoch, step, sums) to start from. --resume on a stage that never
     wrote anything starts it from scratch, so `--resume` can rerun all
@@ -173,7 +221,7 @@ def resume_or_start(ctx, stage):
     try:
         epoch, step, sums = load_training_state(
             path, stage.model, stage.optimizer, ctx.cfg, stage.provenance,
-            stage.extra)
+            stage.train_state)
     except StaleResumePoint as e:
         log(f'{e} since: training the {stage.name} from scratch')
         return 0, 0, []
@@ -190,13 +238,16 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
     if len(sums):  # mid-epoch: the epoch's mean must include these batches
         sums = all_reduce_sum(sums).tolist()
         check_finite(sums, stage)  # never replace good weights by NaNs
+    check_finite_weights(stage)
     if is_main():  # one writer; the model is the unwrapped one
         save_training_state(stage.path, stage.model, stage.optimizer,
                             ctx.cfg, epoch, step, sums, rng,
-                            stage.provenance, stage.extra)
+                            stage.provenance, stage.train_state)
     barrier()  # no rank exits while rank 0 is still writing
+    StopFlag.mark_saved()
     raise Interrupted(f'stopped in {stage.name} epoch {epoch}; resume point '
-                      f'saved in {stage.path}: rerun with --resume to go on')
+                      f'saved in {resume_path(stage.path)}: rerun with '
+                      '--resume to go on')
 
 
 def fmt(v):
@@ -208,8 +259,8 @@ def set_lr(optimizer, lr):
         group['lr'] = lr
 
 
-def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
-              stop):
+def run_epoch(ctx, stage, loader, sampler, train_step, epoch, skip,
+              start_sums, stop):
     """One epoch (from batch `skip`): (sums [terms..., samples], images
     seen by this rank, seconds)."""
     device = ctx.device
@@ -225,6 +276,7 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
     # one process: a bool test per batch; DDP: an all-reduce every few
     check_every = STOP_CHECK_EVERY if is_dist() else 1
     tic, n_seen = time.perf_counter(), 0
+    shown = tic  # when the bar's numbers were last updated
     # epochs count from 0, as the tutorial's epoch line does
     last = ctx.cfg[stage.epochs_key] - 1
     bar = tqdm(remaining_batches(loader, sampler, skip),
@@ -234,14 +286,17 @@ def run_epoch(ctx, stage, loader, sampler, step, epoch, skip, start_sums,
     for i, batch in enumerate(bar, start=skip):  # i counts from batch 0
         if stage.lr_at is not None:
             set_lr(stage.optimizer, stage.lr_at(epoch * len(loader) + i))
-        terms, n, out = step(batch)
+        terms, n, out = train_step(batch)
         # padding repeats a few samples on some ranks: trained on (every
         # rank must step), left out of the mean
         k = max(0, min(n, n_real - i * loader.batch_size))
         sums += torch.stack([t.detach().float() for t in terms] + [one]) * k
         n_seen += n
-        # .item() waits for the GPU: only every BAR_EVERY batches
-        if is_main() and i % BAR_EVERY == 0:
+        # .item() waits for the GPU: only every BAR_EVERY batches, or after
+        # BAR_SECONDS
+        now = time.perf_counter()
+        if is_main() and (i % BAR_EVERY == 0 or now - shown >= BAR_SECONDS):
+            shown = now
             info = {name: fmt(t.item()) for name, t in zip(stage.terms, terms)}
             if stage.bar_info is not None:
                 info.update(stage.bar_info(out))
@@ -260,6 +315,7 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
     means = (totals[:-1] / totals[-1]).tolist()
     # before any save: NaN weights must never replace the last good ones
     check_finite(means, stage)
+    check_finite_weights(stage)
     n_epochs = ctx.cfg[stage.epochs_key]
     record = dict(epoch=epoch, **dict(zip(stage.terms, means)),
                   images_per_s=get_world_size() * n_seen / max(seconds, 1e-9),
@@ -271,12 +327,13 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
             save_training_state(stage.path, stage.model, stage.optimizer,
                                 ctx.cfg, epoch + 1,
                                 provenance=stage.provenance,
-                                extra=stage.extra)
+                                train_state=stage.train_state)
         append_jsonl(ctx.out(stage.log_name), record)
         # the tutorial's line, then the held-out numbers beside it
-        extra = stage.describe(record) if stage.describe else ''
-        print(f'epoch {epoch} loss: {means[0]} elapsed {elapsed:.2f}s'
-              + (f' | {extra}' if extra else ''), flush=True)
+        scores = stage.describe(record) if stage.describe else ''
+        # 4 significant digits (the JSONL log keeps every digit)
+        print(f'epoch {epoch} loss: {means[0]:.4g} elapsed {elapsed:.2f}s'
+              + (f' | {scores}' if scores else ''), flush=True)
         update_loss_plot(ctx.work_dir)
         every = ctx.cfg['preview_every'] if ctx.cfg['n_preview'] else 0
         if stage.preview is not None and every and (epoch + 1) % every == 0:
@@ -286,27 +343,45 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
 
 def keep_model_file(ctx, stage, restored):
     """Nothing left to train. A resumed run restored the weights from the
-    resume point: write them back if the model file went missing. A run with
-    0 epochs that restored nothing has nothing to save: say so instead of
-    'Done'."""
-    if os.path.isfile(stage.path):
-        return
+    resume point: the model file must hold exactly those, so it is written
+    back if it went missing or differs (a kill between the resume point's
+    write and the model file's left the previous epoch's weights there). A
+    run with 0 epochs that restored nothing has nothing to save: say so
+    instead of 'Done'."""
     # `restored`, not ctx.resume: --resume on a work dir without a (current)
     # resume point restores nothing, and saving then passed the untrained
     # weights off as a checkpoint
     if not restored:
+        if os.path.isfile(stage.path):
+            return
         raise UsageError(f'{stage.epochs_key}=0 trains nothing and there is '
                          f'no {stage.name} checkpoint {stage.path} yet: set '
                          f'{stage.epochs_key} to 1 or more')
-    if is_main():
+    if is_main() and not holds_weights(stage.path, stage.model):
+        if os.path.isfile(stage.path):
+            log(f'{stage.path} did not hold the weights of its resume point '
+                '(a save was cut short): rewriting it')
         save_atomic(stage.model.state_dict(), stage.path)
     barrier()
 
 
-def run_epochs(ctx, stage, loader, sampler, step):
+def holds_weights(path, model):
+    """Whether the model file at path holds exactly model's weights."""
+    try:
+        saved = load_file(path)
+    except CheckpointError:  # missing, truncated, not a checkpoint
+        return False
+    own = model.state_dict()
+    return isinstance(saved, dict) and saved.keys() == own.keys() and all(
+        isinstance(saved[k], torch.Tensor) and saved[k].shape == v.shape
+        and saved[k].dtype == v.dtype and torch.equal(saved[k], v.cpu())
+        for k, v in own.items())
+
+
+def run_epochs(ctx, stage, loader, sampler, train_step):
     """Train `stage` from where it stands to cfg[stage.epochs_key] epochs.
 
-    step(batch) -> (loss terms (0-d tensors, in stage.terms order, the total
+    train_step(batch) -> (loss terms (0-d tensors, in stage.terms order, the total
     loss first), batch size, anything stage.bar_info shows).
     """
     if stage.lr_at is None:  # the config's schedule of this stage's lr
@@ -322,8 +397,8 @@ def run_epochs(ctx, stage, loader, sampler, step):
             # only the first epoch of a resumed run starts mid-way
             skip = start_step if epoch == start_epoch else 0
             sums, n_seen, seconds = run_epoch(ctx, stage, loader, sampler,
-                                              step, epoch, skip, start_sums,
-                                              stop)
+                                              train_step, epoch, skip,
+                                              start_sums, stop)
             finish_epoch(ctx, stage, epoch, sums, n_seen, seconds,
                          time.perf_counter() - tic)
             if stop_requested(stop, ctx.device):  # came during eval or save

@@ -4,9 +4,13 @@ better model) and preview grids. Each function returns the hooks the epoch
 runner's Stage takes (heldout, describe, preview, bar_info)."""
 import math
 
+import torch
+
 from dldemos.utils.dist_utils import is_main
 from dldemos.VQVAE.loading.loaders import code_loader, image_loader, preview_images
+from dldemos.VQVAE.sampling import sample_with_cfg
 from dldemos.VQVAE.scoring.metrics import prior_nll, vqvae_heldout
+from dldemos.VQVAE.scoring.swd import swd
 from dldemos.VQVAE.plots import (preview_path, preview_reconstruction,
                                  preview_samples)
 
@@ -62,6 +66,28 @@ def vqvae_hooks(ctx, vqvae):
     return hooks
 
 
+def with_sample_swd(ctx, vqvae, gen_model, heldout_nll):
+    """The held-out NLL plus, each epoch, the patch score (swd.py) of a few
+    samples against held-out images: the NLL says how well the prior fits
+    codes, not how the images it draws look. A private generator draws the
+    samples (the training RNG stream is untouched), the same seed each
+    epoch, so the curve moves only with the prior."""
+    cfg = ctx.cfg
+    n = cfg['epoch_swd_samples']
+    loader, _ = image_loader(ctx, cfg['batch_size'], 'test',
+                             subset=cfg['eval_subset'], shuffle=False)
+    real = torch.cat(list(loader))  # [m, C, H, W], held-out
+    labels = None if cfg['n_classes'] is None else \
+        torch.arange(n) % cfg['n_classes']
+
+    def score():
+        imgs = sample_with_cfg(vqvae, gen_model, cfg, n, ctx.device,
+                               ctx.seed, labels=labels)  # [n, C, H, W]
+        return dict(heldout_nll(), sample_swd=swd(
+            real, imgs.clip(0, 1).cpu(), ctx.seed)['mean'])
+    return score
+
+
 def prior_hooks(ctx, vqvae, gen_model):
     cfg, device = ctx.cfg, ctx.device
     hooks = {}
@@ -75,7 +101,12 @@ def prior_hooks(ctx, vqvae, gen_model):
             with_labels=with_labels)['nll_nats_per_latent']}
         hooks['describe'] = lambda r: (
             f'test nll {r["test_nll"]:.4f} nats/latent (uniform '
-            f'{math.log(cfg["n_embedding"]):.4f})')
+            f'{math.log(cfg["n_embedding"]):.4f})' + (
+                f' sample swd {r["sample_swd"]:.1f}' if 'sample_swd' in r
+                else ''))
+        if cfg['epoch_swd_samples'] and is_main():
+            hooks['heldout'] = with_sample_swd(ctx, vqvae, gen_model,
+                                               hooks['heldout'])
     if cfg['n_preview'] and cfg['preview_every']:
         hooks['preview'] = lambda epoch: preview_samples(
             vqvae, gen_model, cfg,

@@ -1,0 +1,57 @@
+"""The patch distance of samples (scoring/swd.py) where no classifier
+exists: in evaluate.py's metrics.json and printout, and per prior epoch."""
+import json
+
+import pytest
+
+from dldemos.VQVAE import evaluate
+from dldemos.VQVAE import main as main_mod
+from dldemos.VQVAE.runtime.files import file_sha256
+
+TINY_FACES = ['img_shape=(3,32,32)', 'dim=8', 'n_embedding=8',
+              'batch_size=8', 'batch_size_2=8', 'n_epochs=1', 'n_epochs_2=1',
+              'num_workers=0', 'n_preview=0', 'pixelcnn_n_blocks=1',
+              'pixelcnn_dim=8', 'pixelcnn_linear_dim=8', 'n_sample=4',
+              'eval_subset=2', 'kmeans_init=False']
+
+
+def face_run(root, work, *options):
+    main_mod.main(['-c', '8', '--device', 'cpu', '--data-root', str(root),
+                   '--work-dir', str(work), '--cfg-options', *TINY_FACES,
+                   *options])
+    return work
+
+
+@pytest.fixture(scope='module')
+def tiny_face_run(tiny_data_root, tmp_path_factory):
+    return face_run(tiny_data_root, tmp_path_factory.mktemp('faces'))
+
+
+def test_evaluate_reports_the_patch_distance_beside_its_references(
+        tiny_data_root, tiny_face_run, capsys):
+    evaluate.main(['-c', '8', '--device', 'cpu', '--data-root',
+                   str(tiny_data_root), '--work-dir', str(tiny_face_run),
+                   '--n-samples', '4', '--cfg-options', *TINY_FACES])
+    s = json.loads((tiny_face_run / 'metrics.json').read_text())['samples']
+    for key in ('swd', 'swd_ref_reconstructions', 'swd_ref_train'):
+        assert s[key] >= 0 and s[key] == s[key]  # a number, not NaN
+        assert set(s['swd_levels'][key]) == {'32x32', '16x16'}
+    out = capsys.readouterr().out
+    assert all(k in out for k in ('swd ', 'swd_ref_reconstructions',
+                                  'swd_ref_train'))
+
+
+def test_the_prior_logs_a_sample_distance_each_epoch_without_changing_it(
+        tiny_data_root, tiny_face_run, tmp_path):
+    work = face_run(tiny_data_root, tmp_path, 'epoch_swd_samples=4',
+                    'n_epochs_2=2')
+    plain = face_run(tiny_data_root, tmp_path / 'plain', 'n_epochs_2=2')
+    records = [json.loads(line) for line in
+               (work / 'log_pixelcnn.jsonl').read_text().splitlines()]
+    assert len(records) == 2
+    assert all(r['sample_swd'] >= 0 for r in records)
+    assert all('sample_swd' not in json.loads(line) for line in
+               (plain / 'log_pixelcnn.jsonl').read_text().splitlines())
+    # a private generator draws the samples: training is the same
+    name = 'gen_model_celeba.pth'
+    assert file_sha256(work / name) == file_sha256(plain / name)
