@@ -270,7 +270,7 @@ CONFIG_NAMES = ['MNIST, the tutorial\'s run (GPU)',
                 'MNIST beyond the tutorial: tuned lr, conditional '
                 'prior (GPU)',
                 'config 6 sized for a CPU',
-                'CelebA faces 64x64 on a CPU (about 30 minutes)',
+                'CelebA faces 64x64 on a CPU (about 20 minutes)',
                 'your images (--data-root FOLDER; class subfolders: a '
                 'conditional prior) 64x64 on a CPU']
 
