@@ -55,3 +55,33 @@ def test_the_prior_logs_a_sample_distance_each_epoch_without_changing_it(
     # a private generator draws the samples: training is the same
     name = 'gen_model_celeba.pth'
     assert file_sha256(work / name) == file_sha256(plain / name)
+
+
+def test_a_changed_face_folder_is_said_by_evaluate_and_resume(
+        tiny_data_root, tmp_path, capsys):
+    """Delete the faces that sort last after training: the last 10% moves
+    onto training images. Held-out scores would then flatter the model."""
+    import shutil
+
+    root = tmp_path / 'data'
+    shutil.copytree(tiny_data_root / 'celebA', root / 'celebA')
+    work = face_run(root, tmp_path / 'run', 'n_epochs_2=1')
+    folder = root / 'celebA' / 'img_align_celeba'
+    evaluate.main(['-c', '8', '--device', 'cpu', '--data-root', str(root),
+                   '--work-dir', str(work), '--n-samples', '0',
+                   '--cfg-options', *TINY_FACES])
+    m = json.loads((work / 'metrics.json').read_text())
+    assert m['split_changed'] is None  # untouched: nothing to say
+    for face in sorted(folder.glob('*.jpg'))[-2:]:
+        face.unlink()
+    capsys.readouterr()
+    evaluate.main(['-c', '8', '--device', 'cpu', '--data-root', str(root),
+                   '--work-dir', str(work), '--n-samples', '0',
+                   '--cfg-options', *TINY_FACES])
+    assert 'split changed' in capsys.readouterr().out
+    m = json.loads((work / 'metrics.json').read_text())
+    assert 'train afresh' in m['split_changed']
+    main_mod.main(['-c', '8', '--device', 'cpu', '--data-root', str(root),
+                   '--work-dir', str(work), '--stages', '1', '--resume',
+                   '--cfg-options', *TINY_FACES, 'n_epochs=2'])
+    assert 'split changed' in capsys.readouterr().out

@@ -330,6 +330,17 @@ def files_fingerprint(dataset):
     return None
 
 
+def split_names(dataset):
+    """The names of the files a folder or LMDB dataset reads, in order, or
+    None for MNIST (its test split is a fixed file)."""
+    if isinstance(dataset, Subset):
+        return split_names(dataset.dataset)
+    for attr in ('filenames', 'names'):  # folders / LMDB
+        if hasattr(dataset, attr):
+            return list(getattr(dataset, attr))
+    return None
+
+
 def _sha256(text):
     return hashlib.sha256(text.encode()).hexdigest()
 

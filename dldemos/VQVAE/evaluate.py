@@ -32,9 +32,11 @@ if __name__ == '__main__':  # run as a script: make `dldemos` importable
 from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.runtime.cli import add_common_args
+from dldemos.VQVAE.runtime.context import data_split, split_changed
 from dldemos.VQVAE.runtime.files import file_sha256, plain, write_text_atomic
 from dldemos.VQVAE.runtime.hardware import describe as hardware
 from dldemos.VQVAE.runtime.logs import log
+from dldemos.VQVAE.runtime.resume_point import read_resume_entry
 from dldemos.VQVAE.runtime.setup import run_entry, start_run
 from dldemos.VQVAE.scoring.features import FeatureSet, feature_extractor
 from dldemos.VQVAE.scoring.heldout import (epochs_trained, load_checkpoints,
@@ -87,6 +89,12 @@ def evaluate(ctx, opts=None):
     opts.batch_size = opts.batch_size or cfg['batch_size']
     vqvae, gen_model = build_models(cfg)
     paths, no_prior = load_checkpoints(ctx, vqvae, gen_model)
+    # held-out images must be ones the models never saw: a folder whose
+    # files changed since training moves the last 10% (said, and recorded)
+    split_warning = split_changed(
+        read_resume_entry(paths['vqvae'], 'data_split'), data_split(ctx))
+    if split_warning:
+        log(split_warning)
     if no_prior:
         log(f'prior and samples skipped: {no_prior}')
         opts.n_samples = 0
@@ -96,7 +104,8 @@ def evaluate(ctx, opts=None):
                               for k, p in paths.items()},
               'held_out': HELD_OUT.get(
                   dataset, f'{dataset}: last 10% of files by sorted name'),
-              'device': str(ctx.device), 'hardware': hardware(ctx.device)}
+              'device': str(ctx.device), 'hardware': hardware(ctx.device),
+              'split_changed': split_warning or None}
     # features of the reconstructions are collected while the VQ-VAE is
     # scored: the samples' distance has them as its reference
     features = feature_extractor(ctx, opts) if opts.n_samples else \

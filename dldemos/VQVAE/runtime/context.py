@@ -5,6 +5,7 @@ and whether to resume. They travel together as one `RunContext` instead of
 five arguments through every call, and the context knows where its files go.
 setup.py makes it; this module holds what the stages ask of it.
 """
+import hashlib
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import torch
 
 from dldemos.utils.dist_utils import get_rank, is_main
 from dldemos.utils.errors import UsageError
+from dldemos.VQVAE.dataset import data_options, get_dataset, split_names
 from dldemos.VQVAE.runtime.files import (append_text_atomic, file_sha256,
                                          load_model, plain, write_text_atomic)
 from dldemos.VQVAE.runtime.resume_point import read_provenance, resume_path
@@ -145,6 +147,37 @@ def check_prior_matches_vqvae(ctx):
                          'trained on the codes of another VQ-VAE than '
                          f'{ctx.ckpt("vqvae_path")} (retrained since): train '
                          'the prior again with --stages 3,4')
+
+
+def data_split(ctx):
+    """{'train': sha256, 'test': sha256, 'n_train', 'n_test'} of the file
+    names in each split of a folder or LMDB, recorded with every resume
+    point: if files are later added to or removed from the folder, the last
+    10% by name moves and held-out images may have been trained on. None for
+    MNIST, whose split is fixed."""
+    cfg, out = ctx.cfg, {}
+    for split in ('train', 'test'):
+        names = split_names(get_dataset(
+            cfg['dataset_type'], tuple(cfg['img_shape'][1:]), ctx.data_root,
+            split, cfg['use_lmdb'], **data_options(cfg)))
+        if names is None:
+            return None
+        out[split] = hashlib.sha256('\n'.join(names).encode(
+            'utf-8', 'surrogateescape')).hexdigest()
+        out[f'n_{split}'] = len(names)
+    return out
+
+
+def split_changed(recorded, now):
+    """'' or a one-line warning when the split a checkpoint was trained on
+    (its resume point's record) is not the data's split now."""
+    if not recorded or not now or recorded == now:
+        return ''
+    return (f'warning: the data\'s train/held-out split changed since this '
+            f'model was trained ({recorded["n_train"]}/{recorded["n_test"]} '
+            f'images then, {now["n_train"]}/{now["n_test"]} now): held-out '
+            'scores may include images it was trained on; use the folder '
+            'as it was, or train afresh')
 
 
 def seed_everything(seed):

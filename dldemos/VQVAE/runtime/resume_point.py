@@ -53,7 +53,7 @@ def set_cuda_rng_states(states):
 
 def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
                         sums=None, rng=None, provenance=None,
-                        train_state=None):
+                        train_state=None, data_split=None):
     """Write the model (plain state dict) and its resume point, atomically.
 
     Resuming starts at batch `step` of epoch `epoch` (step 0: a fresh epoch);
@@ -65,7 +65,8 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
     VQ-VAE made its codes), so a stale resume point is recognised.
     `train_state` (a module of training state, e.g. codebook statistics)
     goes into the resume point only: the model file stays the plain state
-    dict.
+    dict. `data_split` records which files were trained on and held out
+    (context.data_split).
     """
     state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
              'param_names': param_names(model, optimizer),
@@ -74,6 +75,8 @@ def save_training_state(ckpt_path, model, optimizer, cfg, epoch, step=0,
              'rng': rng_state() if rng is None else rng,
              'config': plain(cfg), 'world_size': get_world_size(),
              'provenance': dict(provenance or {})}
+    if data_split is not None:
+        state['data_split'] = dict(data_split)
     if train_state is not None:  # the file's key stays 'extra': old
         state['extra'] = train_state.state_dict()  # resume points load
     save_atomic(state, resume_path(ckpt_path))
@@ -142,16 +145,23 @@ def stale_provenance(saved, expected):
 
 def read_provenance(ckpt_path):
     """The provenance recorded in the resume point beside ckpt_path ({} when
-    there is none). Memory-mapped: only the small dict is read."""
+    there is none)."""
+    return read_resume_entry(ckpt_path, 'provenance') or {}
+
+
+def read_resume_entry(ckpt_path, key):
+    """One entry of the resume point beside ckpt_path (None when there is no
+    resume point, or no such entry). Memory-mapped: the weights stay on
+    disk."""
     path = resume_path(ckpt_path)
     if not os.path.isfile(path):
-        return {}
+        return None
     try:
         state = torch.load(path, map_location='cpu', weights_only=True,
                            mmap=True)
     except Exception:  # unreadable resume points are reported on resume
-        return {}
-    return state.get('provenance', {}) if isinstance(state, dict) else {}
+        return None
+    return state.get(key) if isinstance(state, dict) else None
 
 
 def load_training_state(ckpt_path, model, optimizer, cfg=None,

@@ -37,8 +37,10 @@ from dldemos.utils.dist_utils import (all_reduce_sum, barrier, get_world_size,
 from dldemos.utils.errors import (CheckpointError, Interrupted,
                                   NonFiniteLoss, UsageError)
 from dldemos.VQVAE.runtime.files import load_file, save_atomic
+from dldemos.VQVAE.runtime.context import data_split, split_changed
 from dldemos.VQVAE.runtime.resume_point import (StaleResumePoint,
                                                 load_training_state,
+                                                read_resume_entry,
                                                 resume_path, rng_state,
                                                 save_training_state)
 from dldemos.utils.lr_schedule import stage_lr
@@ -77,6 +79,9 @@ class Stage:
     # training state beside the model (codebook statistics): saved in and
     # restored from the resume points, never in the model file
     train_state: Optional[torch.nn.Module] = None
+    # the files trained on and held out (context.data_split): saved with
+    # each resume point, compared on resume and by evaluate.py
+    data_split: Optional[dict] = None
 
 
 class StopFlag:
@@ -226,6 +231,10 @@ def resume_or_start(ctx, stage):
         log(f'{e} since: training the {stage.name} from scratch')
         return 0, 0, []
     log(f'resuming {stage.name} at epoch {epoch} step {step}')
+    warning = split_changed(read_resume_entry(path, 'data_split'),
+                            stage.data_split)
+    if warning:
+        log(warning)
     return epoch, step, sums
 
 
@@ -242,7 +251,8 @@ def save_resume_point_and_stop(ctx, stage, epoch, step=0, sums=(), rng=None):
     if is_main():  # one writer; the model is the unwrapped one
         save_training_state(stage.path, stage.model, stage.optimizer,
                             ctx.cfg, epoch, step, sums, rng,
-                            stage.provenance, stage.train_state)
+                            stage.provenance, stage.train_state,
+                            stage.data_split)
     barrier()  # no rank exits while rank 0 is still writing
     StopFlag.mark_saved()
     raise Interrupted(f'stopped in {stage.name} epoch {epoch}; resume point '
@@ -327,7 +337,8 @@ def finish_epoch(ctx, stage, epoch, sums, n_seen, seconds, elapsed):
             save_training_state(stage.path, stage.model, stage.optimizer,
                                 ctx.cfg, epoch + 1,
                                 provenance=stage.provenance,
-                                train_state=stage.train_state)
+                                train_state=stage.train_state,
+                                data_split=stage.data_split)
         append_jsonl(ctx.out(stage.log_name), record)
         # the tutorial's line, then the held-out numbers beside it
         scores = stage.describe(record) if stage.describe else ''
@@ -387,6 +398,7 @@ def run_epochs(ctx, stage, loader, sampler, train_step):
     if stage.lr_at is None:  # the config's schedule of this stage's lr
         suffix = stage.epochs_key[len('n_epochs'):]  # '' or '_2'
         stage.lr_at = stage_lr(ctx.cfg, suffix, len(loader))
+    stage.data_split = data_split(ctx)  # before resume_or_start compares
     start_epoch, start_step, start_sums = resume_or_start(ctx, stage)
     # a resumed run rewrites the log from its first epoch on
     start_jsonl(ctx.out(stage.log_name), start_epoch)
