@@ -179,3 +179,27 @@ def test_a_data_error_in_a_dataloader_worker_is_one_line(capsys, tmp_path):
     assert report_errors(read_all) == 2
     assert capsys.readouterr().err.strip() == \
         'error: image 3 is unreadable: delete it'
+
+
+def test_a_resume_point_of_the_previous_version_resumes(tmp_path,
+                                                        tiny_data_root):
+    """Resume points written before this layout had no config_id,
+    param_names or data_split: they still resume."""
+    import torch
+
+    from dldemos.VQVAE.runtime.files import load_file, save_atomic
+    train(tiny_data_root, tmp_path, 'lr_schedule=constant')
+    path = tmp_path / 'model_mnist_quick.resume.pth'
+    state = load_file(path)
+    for key in ('param_names', 'data_split'):
+        state.pop(key, None)
+    state['config'].pop('config_id')
+    save_atomic(state, path)
+    main_mod.main(['-c', '5', '--device', 'cpu', '--data-root',
+                   str(tiny_data_root), '--work-dir', str(tmp_path),
+                   '--stages', '1', '--resume', '--cfg-options', *TINY,
+                   'lr_schedule=constant', 'n_epochs=2'])
+    assert load_file(path)['epoch'] == 2
+    assert torch.equal(load_file(path)['model']['vq_embedding.weight'],
+                       load_file(tmp_path / 'model_mnist_quick.pth')
+                       ['vq_embedding.weight'])
