@@ -427,11 +427,6 @@ def is_list_of(value, kind):
                                            for v in value)
 
 
-def read_keys(path):
-    """The file names stored in the LMDB at `path`, in key order."""
-    return read_index(path).names
-
-
 class LMDBImageDataset(Dataset):
     """Images of an LMDB (ours, or the tutorial's), as the folder dataset
     gives them: PIL image in `mode` ('RGB' or 'L') -> transform; with
