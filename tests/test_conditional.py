@@ -222,9 +222,10 @@ def test_evaluate_scores_a_conditional_prior(cond_run, tiny_data_root):
     s = m['samples']
     assert 0 <= s['conditional_accuracy'] <= 1
     assert sum(s['class_histogram']) == 20
-    # the eval grid: one row per class, 20 // 10 columns
+    # the eval grid: one row per class, 20 // 10 columns, each 28x28 cell
+    # upscaled 5x (nearest) to be at least 128 pixels high
     with Image.open(cond_run / 'eval_samples_MNIST.jpg') as img:
-        assert img.size == (2 * 28, 10 * 28)
+        assert img.size == (2 * 140, 10 * 140)
     # the held-out NLL is the one given each image's true class
     _, prior = build_models(m['config'])
     load_model(prior, str(cond_run / GEN))

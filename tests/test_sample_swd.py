@@ -85,3 +85,17 @@ def test_a_changed_face_folder_is_said_by_evaluate_and_resume(
                    '--work-dir', str(work), '--stages', '1', '--resume',
                    '--cfg-options', *TINY_FACES, 'n_epochs=2'])
     assert 'split changed' in capsys.readouterr().out
+
+
+def test_evaluate_grids_are_upscaled_to_be_judged(tiny_data_root,
+                                                  tiny_face_run):
+    """32x32 faces: cells upscaled 4x (nearest) to 128 pixels; the
+    reconstruction grid pairs originals with reconstructions."""
+    from PIL import Image
+    evaluate.main(['-c', '8', '--device', 'cpu', '--data-root',
+                   str(tiny_data_root), '--work-dir', str(tiny_face_run),
+                   '--n-samples', '4', '--cfg-options', *TINY_FACES])
+    with Image.open(tiny_face_run / 'eval_samples_CelebA.jpg') as img:
+        assert img.size == (2 * 128, 2 * 128)  # 4 samples, 2x2
+    with Image.open(tiny_face_run / 'eval_reconstruct_CelebA.jpg') as img:
+        assert img.size == (2 * 2 * 128, 128)  # 2 held-out: 1 row of pairs

@@ -37,17 +37,22 @@ PANELS = [
 
 
 def save_grid(imgs, path, dataset_type, n_rows=None, labels=None,
-              max_columns=None):
+              max_columns=None, min_cell=None):
     """imgs [N, C, H, W] in [0, 1] -> one grid image at path, square-ish, or
     of n_rows rows filled row by row; images beyond full rows are left out.
     labels [N] (a class-conditional prior's samples, in any order): one row
-    per class instead, at most max_columns images of each."""
+    per class instead, at most max_columns images of each. min_cell: upscale
+    small images (nearest neighbour, no smoothing) until a cell is at least
+    that many pixels high, so a person can judge 64x64 faces."""
     if labels is not None:
         imgs, n_rows = class_rows(imgs, labels, max_columns)
     n = imgs.shape[0]
     n1 = max(1, int(n**0.5)) if n_rows is None else min(n_rows, n)
     imgs = imgs[:n1 * (n // n1)]
     imgs = (imgs.clip(0, 1) * 255).detach().cpu()
+    if min_cell and imgs.shape[2] < min_cell:
+        scale = -(-min_cell // imgs.shape[2])  # ceil
+        imgs = imgs.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
     imgs = einops.rearrange(imgs, '(n1 n2) c h w -> (n1 h) (n2 w) c', n1=n1)
     imgs = imgs.numpy().astype(np.uint8)
     if imgs.shape[-1] == 3:  # RGB (faces, your images) -> cv2's BGR

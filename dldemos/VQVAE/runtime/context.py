@@ -54,7 +54,7 @@ RUN_FILES = ('config.json', 'command.txt', 'log_vqvae.jsonl',
              'log_pixelcnn.jsonl', 'loss_curves.png', 'metrics.json',
              'mnist_classifier.pth', 'mnist_classifier.json', '.lock')
 RUN_PREFIXES = ('vqvae_reconstruct_', 'vqvae_sample_', 'eval_samples_',
-                'code_usage_', 'previews' + os.sep)
+                'eval_reconstruct_', 'code_usage_', 'previews' + os.sep)
 
 
 def check_outputs(ctx):

@@ -29,6 +29,11 @@ BITS_PER_DIM_NOTE = ('the bits of the discrete codes only (prior NLL of the '
                      'decoder\'s likelihood of the pixels')
 
 
+# evaluate.py's grids are for looking at: 28x28 digits and 64x64 faces are
+# upscaled (nearest neighbour) to cells at least this high
+GRID_CELL = 128
+
+
 def epochs_trained(path):
     """Completed epochs recorded in the checkpoint's resume point (a run
     stopped mid-epoch counts only whole epochs), or None without one."""
@@ -64,6 +69,7 @@ def load_checkpoints(ctx, vqvae, gen_model):
     return paths, None
 
 
+@torch.no_grad()
 def score_vqvae(ctx, vqvae, opts, recon_feats):
     """Reconstructions and code usage on the held-out images; recon_feats
     (a FeatureSet or None) collects the reconstructions' features."""
@@ -74,12 +80,18 @@ def score_vqvae(ctx, vqvae, opts, recon_feats):
                       on_batch=None if recon_feats is None else
                       (lambda x, x_hat: recon_feats.add(x_hat)))
     counts = m.pop('code_counts')
+    # a grid to judge by eye: held-out originals beside reconstructions
+    x = first_images(test_loader, 32).to(ctx.device)  # [n, C, H, W]
+    x_hat = vqvae.decode(vqvae.encode(x)).float()
+    grid = ctx.out(f'eval_reconstruct_{dataset}.jpg')
+    save_grid(torch.cat((x, x_hat), 3), grid, dataset, min_cell=GRID_CELL)
     png = ctx.out(f'code_usage_{dataset}.png')
     save_code_usage(counts, png, f'code usage on {m["n_images"]} held-out '
                     f'{dataset} images ({m["codes_used"]}/{len(counts)} '
                     'used)')
     return dict(m, n_embedding=len(counts), code_counts=counts.tolist(),
-                code_usage_png=png, psnr_convention=PSNR_CONVENTION)
+                code_usage_png=png, reconstruction_grid=grid,
+                psnr_convention=PSNR_CONVENTION)
 
 
 def score_prior(ctx, vqvae, gen_model, opts):
@@ -122,10 +134,10 @@ def score_samples(ctx, vqvae, gen_model, opts, features, recon_feats):
     imgs = imgs.clip(0, 1).cpu()  # [n, C, H, W]
     grid = ctx.out(f'eval_samples_{cfg["dataset_type"]}.jpg')
     if labels is None:
-        save_grid(imgs[:81], grid, cfg['dataset_type'])
+        save_grid(imgs[:81], grid, cfg['dataset_type'], min_cell=GRID_CELL)
     else:
         save_grid(imgs, grid, cfg['dataset_type'], labels=labels,
-                  max_columns=9)
+                  max_columns=9, min_cell=GRID_CELL)
     out = dict(fields, n_samples=n, sampler=cfg['sampler'],
                temperature=cfg['temperature'], top_k=cfg['top_k'],
                seed=ctx.seed, grid=grid)
