@@ -47,6 +47,7 @@ from tqdm import tqdm
 from dldemos.utils.errors import DataError
 from dldemos.utils.image_folder import (classify, dataset_files, decode_image,
                                         first_decodable, names_checksum,
+                                        printable,
                                         scan_folder, split_files,
                                         split_indices)
 
@@ -74,7 +75,23 @@ def first_line(e):
 
 def damaged(path, why):
     return DataError(f'LMDB {path} is damaged ({why}): delete it and convert '
-                     f'again with {CONVERT}')
+                     f'again with {CONVERT}, or read the image folder '
+                     'itself (use_lmdb=False)')
+
+
+# What lmdb raises for header (meta) pages with values no LMDB writes: the
+# errno texts ('Cannot allocate memory' for an absurd map size, 'Invalid
+# argument') would send a user looking for a memory problem
+BAD_HEADER = (lmdb.MemoryError, lmdb.InvalidParameterError,
+              lmdb.VersionMismatchError, lmdb.CorruptedError,
+              lmdb.IncompatibleError)
+
+
+def fs_path(path):
+    """`path` as lmdb.open takes it: lmdb encodes a str as strict UTF-8,
+    which fails for a path that is not UTF-8 (bytes on Linux, which the
+    str holds as surrogates); the bytes open any path."""
+    return os.fsencode(path) if os.name == 'posix' else path
 
 
 def map_size_for(n_bytes, n_files):
@@ -158,7 +175,8 @@ def write_lmdb(folder, names, data_file, dataset_type=None, progress=True,
     renamed at the end: an interrupted conversion leaves nothing there."""
     tmp = data_file + '.tmp'
     n_bytes = sum(os.path.getsize(os.path.join(folder, n)) for n in names)
-    env = lmdb.open(tmp, map_size=map_size_for(n_bytes, len(names)),
+    env = lmdb.open(fs_path(tmp),
+                    map_size=map_size_for(n_bytes, len(names)),
                     subdir=False, lock=False, meminit=False, map_async=True)
     txn, sums = None, []
     try:
@@ -257,7 +275,8 @@ def folder2lmdb(img_dir, output_path, write_frequency=5000):
     if os.path.exists(data_file):
         raise FileExistsError(f'{data_file} exists: delete it to rebuild')
     names = list_folder(img_dir)
-    print(f'writing {len(names)} images of {img_dir} to {output_path}')
+    print(f'writing {len(names)} images of {printable(img_dir)} to '
+          f'{printable(output_path)}')
     return converting(img_dir, output_path, lambda: write_lmdb(
         img_dir, names, data_file, write_frequency=write_frequency,
         out_path=output_path))
@@ -324,8 +343,14 @@ def open_checked(path):
     if size == 0:
         raise damaged(path, f'{os.path.basename(data)} is empty')
     try:  # reads (not maps) the two meta pages: an error if they are bad
-        env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                        meminit=False, subdir=data != path)
+        env = lmdb.open(fs_path(path), readonly=True, lock=False,
+                        readahead=False, meminit=False, subdir=data != path)
+    except lmdb.InvalidError:  # no LMDB magic number
+        raise damaged(path, f'{os.path.basename(data)} is not an LMDB file'
+                      ) from None
+    except BAD_HEADER:
+        raise damaged(path, f'the header pages of {os.path.basename(data)} '
+                      'hold values no LMDB writes') from None
     except lmdb.Error as e:
         raise damaged(path, first_line(e)) from None
     try:
@@ -547,7 +572,7 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    print(f'wrote {n} images to {args.out}')
+    print(f'wrote {n} images to {printable(args.out)}')
 
 
 if __name__ == '__main__':

@@ -18,8 +18,10 @@ subfolders give labels (with_labels) as MNIST's digits do.
 import argparse
 import hashlib
 import os
+import pickle
 import shutil
 import sys
+import warnings
 
 if __name__ == '__main__':  # run as a script: make `dldemos` importable
     sys.path.insert(0, os.path.abspath(os.path.join(__file__, '../../..')))
@@ -34,7 +36,8 @@ import torchvision.transforms.functional as TF
 from dldemos.utils import image_folder
 from dldemos.utils.errors import DataError, UsageError, report_errors
 from dldemos.utils.image_folder import (  # noqa: F401 (re-exported)
-    HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, split_files, warn)
+    HELD_OUT_FRACTION, IMG_EXTENSIONS, list_images, printable, split_files,
+    warn)
 
 DATA_ROOT = 'data'
 MNIST_DIR = 'mnist'
@@ -72,29 +75,110 @@ def first_missing(path):
     return top
 
 
+MNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+               't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+# torchvision reads these instead of the raw files when both are there
+MNIST_LEGACY = ('training.pt', 'test.pt')
+
+
 def load_mnist(root, train, download):
     """torchvision's MNIST, or a DataError saying how to get the files."""
     raw = os.path.join(root, 'MNIST', 'raw')
+    check_mnist_paths(root, raw)
     created = first_missing(raw) if download else None
     try:
-        return torchvision.datasets.MNIST(root=root, train=train,
-                                          download=download)
-    # torchvision asserts on a bad IDX magic number
-    except (RuntimeError, OSError, ValueError, AssertionError) as e:
-        reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
-            else type(e).__name__
+        with warnings.catch_warnings():
+            # torch.load's note on a processed/*.pt of another pickle
+            # protocol would come before the one-line error about it
+            warnings.filterwarnings('ignore', 'Detected pickle protocol')
+            mnist = torchvision.datasets.MNIST(root=root, train=train,
+                                               download=download)
+    # torchvision asserts on a bad IDX magic number; torch.load of a
+    # processed/*.pt that holds more than tensors (a pickle that would run
+    # code) is refused unread with an UnpicklingError
+    except (RuntimeError, OSError, ValueError, AssertionError,
+            pickle.UnpicklingError) as e:
         if created:  # a failed download leaves no empty folders of ours
             shutil.rmtree(created, ignore_errors=True)
-        if os.path.isfile(os.path.join(raw, 't10k-labels-idx1-ubyte')):
-            raise DataError(f'MNIST files in {raw} could not be read '
-                            f'({reason}): delete them to download them again'
-                            ) from None
-        raise DataError(
-            f'MNIST not found in {raw} and could not be downloaded '
-            f'({reason}): run once with internet access, or copy '
-            'train-images-idx3-ubyte, train-labels-idx1-ubyte, '
-            't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (or '
-            'pass --data-root)') from None
+        raise mnist_error(root, raw, train, e) from None
+    check_mnist_labels(mnist, mnist_labels_file(root, raw, train))
+    return mnist
+
+
+def legacy_mnist(root):
+    """torchvision's processed/ files, when it would read them (both
+    there) instead of the raw files; else None."""
+    paths = [os.path.join(root, 'MNIST', 'processed', f)
+             for f in MNIST_LEGACY]
+    return paths if all(os.path.isfile(p) for p in paths) else None
+
+
+def mnist_labels_file(root, raw, train):
+    legacy = legacy_mnist(root)
+    if legacy:
+        return legacy[0 if train else 1]
+    return os.path.join(raw, MNIST_FILES[1 if train else 3])
+
+
+def mnist_error(root, raw, train, e):
+    """The DataError of a failed MNIST load (error e), naming the file at
+    fault."""
+    legacy = legacy_mnist(root)
+    if legacy:
+        # not torch's text: it suggests weights_only=False, which would run
+        # the code a hostile file holds
+        path = legacy[0 if train else 1]
+        return DataError(f'MNIST file {path} could not be read '
+                         f'({type(e).__name__}: it is damaged or holds more '
+                         'than tensors; nothing in it ran): delete '
+                         f'{os.path.dirname(path)} to read the raw files')
+    reason = str(e).strip().splitlines()[0].rstrip(':') if str(e).strip() \
+        else type(e).__name__
+    missing = [f for f in MNIST_FILES
+               if not os.path.isfile(os.path.join(raw, f))]
+    if not missing:
+        return DataError(f'MNIST files in {raw} could not be read '
+                         f'({reason}): delete them to download them again')
+    if len(missing) < len(MNIST_FILES):
+        # torchvision's reason names the first file it tried to download,
+        # not the one that is missing
+        return DataError(f'MNIST in {raw} lacks {" and ".join(missing)}: '
+                         f'copy {"it" if len(missing) == 1 else "them"} '
+                         'there, or run once with internet access')
+    return DataError(
+        f'MNIST not found in {raw} and could not be downloaded '
+        f'({reason}): run once with internet access, or copy '
+        'train-images-idx3-ubyte, train-labels-idx1-ubyte, '
+        't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (or '
+        'pass --data-root)')
+
+
+def check_mnist_paths(root, raw):
+    """A DataError when the MNIST folder, or one of its files, is there but
+    is something else (a FIFO: reading it would wait forever; a device)."""
+    problem = image_folder.not_a_folder(raw)
+    if problem and not problem.endswith('does not exist'):
+        raise DataError(f'MNIST: {problem}; --data-root must be a folder '
+                        'you can read, holding mnist/MNIST/raw')
+    for name in MNIST_FILES:
+        path = os.path.join(raw, name)
+        problem = image_folder.not_a_regular_file(path)
+        if problem and not problem.endswith('does not exist'):
+            raise DataError(f'MNIST: {problem}; put the file itself there')
+
+
+def check_mnist_labels(mnist, path):
+    """MNIST's labels are the digits 0-9: another value (a forged or
+    damaged labels file) would index past the prior's 10 class rows in
+    the middle of training."""
+    targets = mnist.targets
+    bad = (targets < 0) | (targets > 9)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise DataError(f'MNIST labels file {path} holds the label '
+                        f'{int(targets[i])} (image {i}); MNIST labels are '
+                        '0-9: the file is damaged, replace it (delete it to '
+                        'download it again)')
 
 
 class MNISTImageDataset(Dataset):
@@ -481,18 +565,19 @@ def to_lmdb(data_root=DATA_ROOT, lmdb_root=None):
     lmdb_root = data_root if lmdb_root is None else lmdb_root
     found = [d for d in (CELEBA_DIR, CELEBA_HQ_DIR)
              if os.path.isdir(os.path.join(data_root, d))]
-    if not found:
-        raise SystemExit(f'error: no {CELEBA_DIR} or {CELEBA_HQ_DIR} folder '
-                         f'in {data_root}: point --data-root at the folder '
-                         'that holds celebA/')
+    if not found:  # bad input: exit 2 in one line, as README promises
+        raise DataError(f'no {CELEBA_DIR} or {CELEBA_HQ_DIR} folder in '
+                        f'{data_root}: point --data-root at the folder that '
+                        'holds celebA/')
     for d in found:
         out = os.path.join(lmdb_root, d + '.lmdb')
         if os.path.exists(out):
-            print(f'{out} exists, skipped (delete it to rebuild)')
+            print(f'{printable(out)} exists, skipped (delete it to rebuild)')
             continue
         n = folder_to_lmdb(os.path.join(data_root, d), out,
                            'CelebA' if d == CELEBA_DIR else 'CelebAHQ')
-        print(f'wrote {n} images to {out}')
+        # printable: a --lmdb-root that is not UTF-8 would not print
+        print(f'wrote {n} images to {printable(out)}')
 
 
 def build_parser():

@@ -17,6 +17,7 @@ held out, so every class with two or more images has held-out images.
 import hashlib
 import math
 import os
+import stat
 import sys
 import warnings
 
@@ -56,6 +57,60 @@ def utf8_ok(name):
         return False
 
 
+KINDS = ((stat.S_ISDIR, 'a folder'), (stat.S_ISREG, 'a regular file'),
+         (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+         (stat.S_ISCHR, 'a character device'),
+         (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'))
+
+
+def shown(path):
+    """A path (str, bytes or Path) as text that prints."""
+    return printable(os.fsdecode(path))
+
+
+def kind_of(mode, path):
+    kind = next((k for test, k in KINDS if test(mode)), 'an odd file')
+    if os.path.islink(path):
+        kind += f' (a link to {shown(os.path.realpath(path))})'
+    return kind
+
+
+def path_problem(path, want):
+    """None when `path` is `want` ('a folder' or 'a regular file'); else
+    why not, in words for a one-line error: '<path> does not exist',
+    '<p> is a FIFO (named pipe), not a folder' (p: path, or the first of
+    its parent folders that is not one), '<path> cannot be reached
+    (Permission denied)'. A FIFO or a device must be named, not called
+    missing (os.path.isdir/isfile say False for them), and never opened:
+    reading a FIFO waits for a writer forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f'{shown(path)} does not exist'
+    except NotADirectoryError:  # a parent is a file, a FIFO, ...
+        parent = os.path.dirname(os.path.abspath(path))
+        while parent != os.path.dirname(parent):
+            problem = path_problem(parent, 'a folder')
+            if problem is not None:
+                return problem
+            parent = os.path.dirname(parent)
+        return f'{shown(path)} does not exist'
+    except OSError as e:
+        return f'{shown(path)} cannot be reached ({e.strerror or e})'
+    if want == 'a folder' and stat.S_ISDIR(mode) or \
+            want == 'a regular file' and stat.S_ISREG(mode):
+        return None
+    return f'{shown(path)} is {kind_of(mode, path)}, not {want}'
+
+
+def not_a_folder(path):
+    return path_problem(path, 'a folder')
+
+
+def not_a_regular_file(path):
+    return path_problem(path, 'a regular file')
+
+
 def list_images(root):
     """Sorted image file names in `root` (other files are ignored)."""
     return sorted(f for f in os.listdir(root)
@@ -63,9 +118,21 @@ def list_images(root):
                   and os.path.isfile(os.path.join(root, f)))
 
 
+def check_regular(fp):
+    """An OSError (an unreadable image: skipped with a warning) when the
+    path fp is no regular file: opening a FIFO would block forever, a
+    /dev/zero link would be read without end. File lists hold regular
+    files only, but a file can be replaced after it was listed."""
+    if isinstance(fp, (str, bytes, os.PathLike)):
+        mode = os.stat(fp).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f'{kind_of(mode, fp)}, not a regular file')
+
+
 def open_image(fp):
     """PIL image of a file path or file object, with a decompression bomb an
     error (PIL only warns below twice its pixel limit)."""
+    check_regular(fp)
     with warnings.catch_warnings():
         warnings.simplefilter('error', Image.DecompressionBombWarning)
         return Image.open(fp)
@@ -81,6 +148,7 @@ def decode_image(fp, mode='RGB'):
     """The decoded image of a file path or file object in `mode` ('RGB' or
     'L'), high bit depths scaled to 8 bits (to_8bit); raises one of
     UNREADABLE for a bad file."""
+    check_regular(fp)
     with warnings.catch_warnings():
         warnings.simplefilter('error', Image.DecompressionBombWarning)
         with Image.open(fp) as img:
@@ -125,13 +193,18 @@ def readable_images(root, label='images', hint=DEFAULT_HINT):
     DataError saying what to do (`label` names the images, `hint` says how to
     get them, e.g. 'download ... and unpack its images').
     """
-    if not os.path.isdir(root):
-        raise DataError(f'{label} not found: {root} does not '
-                        f'exist; {hint} into it (or pass --data-root)')
-    names = list_images(root)
+    problem = not_a_folder(root)
+    if problem is not None:
+        raise DataError(f'{label} not found: {problem}; {hint} into it (or '
+                        'pass --data-root)')
+    try:
+        names = list_images(root)
+        subdirs = [] if names else sorted(
+            d for d in os.listdir(root)
+            if os.path.isdir(os.path.join(root, d)))
+    except OSError as e:  # chmod 000, or a folder on a lost mount
+        raise unlistable(label, root, e) from None
     if not names:
-        subdirs = sorted(d for d in os.listdir(root)
-                         if os.path.isdir(os.path.join(root, d)))
         nested = f' (it has the subfolder {printable(subdirs[0])}: move ' \
             'the images up into the folder itself)' if subdirs else ''
         raise DataError(f'{root} holds no image files ('
@@ -160,6 +233,14 @@ def readable_images(root, label='images', hint=DEFAULT_HINT):
         bad_names = {n for n, _ in bad}
         _readable[key] = [n for n in names if n not in bad_names]
     return list(_readable[key])
+
+
+def unlistable(label, folder, e):
+    """The DataError of a folder that cannot be listed (chmod 000)."""
+    folder = shown(folder)
+    return DataError(f'{label}: could not list {folder} ({e.strerror or e}); '
+                     f'make it readable (chmod -R u+rX {folder}) or pass '
+                     'another --data-root')
 
 
 def split_files(filenames, split):
@@ -290,9 +371,10 @@ def scan_folder(root, label='images'):
     if os.path.isfile(root):
         raise DataError(f'--data-root {root} is a file: give the folder that '
                         'holds your images (or, with use_lmdb=True, an LMDB)')
-    if not os.path.isdir(root):
-        raise DataError(f'{label} not found: {root} does not exist; pass '
-                        'the folder that holds them as --data-root')
+    problem = not_a_folder(root)
+    if problem is not None:
+        raise DataError(f'{label} not found: {problem}; pass the folder '
+                        'that holds them as --data-root')
     key = (os.path.abspath(root), _folder_times(root))
     if key in _scanned:
         return _scanned[key]
@@ -300,9 +382,7 @@ def scan_folder(root, label='images'):
     try:
         _walk(root, '', image_extensions(), names)
     except OSError as e:
-        raise DataError(f'{label}: could not list {e.filename or root} '
-                        f'({e.strerror or e}); check its permissions') \
-            from None
+        raise unlistable(label, e.filename or root, e) from None
     if not all(map(utf8_ok, names)):
         names = _drop_non_utf8(names, root)
     if not names:

@@ -13,14 +13,18 @@ The .json holds the held-out accuracy and the training settings; a cache
 made with other settings (or other files) is trained again.
 """
 import json
+import math
 import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from dldemos.VQVAE.runtime.files import load_model, save_atomic
+from dldemos.utils.errors import CheckpointError
+from dldemos.VQVAE.runtime.files import (load_model, save_atomic,
+                                         write_text_atomic)
 from dldemos.VQVAE.dataset import files_fingerprint, get_dataset
 
 CKPT_NAME = 'mnist_classifier.pth'
@@ -112,10 +116,10 @@ def predict(model, images, device, batch_size=1000):
 
 
 def fit(make_model, x_train, y_train, device, epochs=2, batch_size=128,
-        lr=1e-3, seed=0):
+        lr=1e-3, seed=0, what='classifier'):
     """A model made by make_model() (after seeding: the same seed, the same
     initial weights) trained on tensors (images in [0, 1] or uint8,
-    labels)."""
+    labels), with a progress bar per epoch (`what` names it)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = make_model().to(device)
@@ -128,7 +132,10 @@ def fit(make_model, x_train, y_train, device, epochs=2, batch_size=128,
     for e in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
+        # minutes on a CPU for MNIST: a bar shows it is not stuck
+        for i in tqdm(range(0, n, batch_size), desc=f'{what} epoch {e} of '
+                      f'0-{epochs - 1}', leave=False, dynamic_ncols=True,
+                      unit='batch'):
             idx = perm[i:i + batch_size]
             x = as_float(x_train[idx].to(device))  # [B, C, H, W]
             y = y_train[idx].to(device)  # [B]
@@ -153,7 +160,7 @@ def train_classifier(data_root, device, epochs=2, train_subset=None,
     if train_subset is not None:
         x_train, y_train = x_train[:train_subset], y_train[:train_subset]
     model = fit(Classifier, x_train, y_train, device, epochs, batch_size,
-                lr, seed)
+                lr, seed, 'MNIST classifier')
     x_test, y_test = mnist_tensors(data_root, 'test')
     return model, accuracy(model, x_test, y_test, device)
 
@@ -202,15 +209,18 @@ def load_or_train(work_dir, data_root, device, epochs=2, train_subset=None,
     ckpt = os.path.join(work_dir, names[0])
     info_path = os.path.join(work_dir, names[1])
     if os.path.isfile(ckpt) and os.path.isfile(info_path):
-        try:
-            with open(info_path) as f:
-                info = json.load(f)
-        except ValueError:  # a damaged info file: train again
-            info = {}
-        if isinstance(info, dict) and info.get('settings') == settings:
-            load_model(model, ckpt, what)
-            return model.to(device).eval(), dict(info, path=ckpt)
-    log(f'training the {what} ({epochs} epochs) ...')
+        info, damage = read_info(info_path)
+        if damage is None and info['settings'] == settings:
+            try:
+                load_model(model, ckpt, what)
+                return model.to(device).eval(), dict(info, path=ckpt)
+            except CheckpointError:
+                damage = f'{ckpt} cannot be loaded'
+        if damage is not None:  # a cache: made again, never a dead end
+            log(f'warning: the cached {what} is damaged ({damage}): '
+                'training it again')
+    log(f'training the {what} ({epochs} epochs; once: it is cached in '
+        f'{ckpt} for the next evaluations) ...')
     if cfg is None or cfg['dataset_type'] == 'MNIST':
         model, acc = train_classifier(data_root, device, epochs, train_subset)
     else:
@@ -219,7 +229,27 @@ def load_or_train(work_dir, data_root, device, epochs=2, train_subset=None,
                                              train_subset)
     save_atomic(model.state_dict(), ckpt)
     info = {'test_accuracy': acc, 'settings': settings}
-    with open(info_path, 'w') as f:
-        json.dump(info, f, indent=1)
+    # written after the weights, whole or not at all: the info file is
+    # what says the cache is complete
+    write_text_atomic(info_path, json.dumps(info, indent=1))
     log(f'{what} test accuracy {acc:.4f} (held-out split)')
     return model.eval(), dict(info, path=ckpt)
+
+
+def read_info(path):
+    """(info dict, None) of a classifier's info file, or (None, why) when it
+    is damaged: not JSON, or without settings and a test accuracy in
+    [0, 1] (evaluate.py prints and records both)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            info = json.load(f)
+    except (ValueError, RecursionError, OSError) as e:
+        # ValueError: not JSON (or not UTF-8); RecursionError: nested
+        # too deep to parse
+        return None, f'{path} is not readable JSON ({type(e).__name__})'
+    acc = info.get('test_accuracy') if isinstance(info, dict) else None
+    if not (isinstance(acc, (int, float)) and not isinstance(acc, bool)
+            and math.isfinite(acc) and 0 <= acc <= 1
+            and isinstance(info.get('settings'), dict)):
+        return None, f'{path} lacks its settings or test accuracy'
+    return info, None
