@@ -18,8 +18,8 @@ Then it prints the device, a Markdown table (test PSNR, prior NLL,
 images/s of both trainings from the per-epoch logs: the median over the
 epochs after the first, which pays for warm-up) and the commands. One seed:
 differences of a few hundredths of a dB or nat are within what another seed
-moves. On a CPU amp is ignored (bf16 autocast is CUDA-only): every run trains
-in fp32 and the rows must agree; the output says so.
+moves. On a CPU without native bf16 amp is ignored: every run trains in fp32
+and the rows must agree; the output says so.
 """
 import argparse
 import datetime
@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from readme_results import (EVALUATE, MAIN, REPO, default_device,  # noqa
                             dig, duration, machine, sig, timed)
+from dldemos.utils.precision import cpu_has_native_bf16  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
 from dldemos.VQVAE.runtime.logs import read_jsonl  # noqa: E402
 
@@ -158,8 +159,8 @@ def report(args, results, argvs):
              if args.cfg_options else '')
           + '; scored on the test split by evaluate.py --n-samples 0 '
           + args.eval_args)
-    if args.device.startswith('cpu'):
-        print('note: on a CPU amp is ignored (bf16 autocast is CUDA-only): '
+    if args.device.startswith('cpu') and not cpu_has_native_bf16():
+        print('note: on a CPU without native bf16 amp is ignored: '
               'every run trained in fp32, so the rows must agree and say '
               'nothing about bf16')
     print()

@@ -7,7 +7,8 @@
 
 prior: codes/s (latent positions per second) of PixelCNN training. Ours
   reads codes from the code cache (built once, its time reported apart) and
-  runs main.py's step (kept-taps convolutions, bf16 autocast on CUDA,
+  runs main.py's step (kept-taps convolutions, bf16 autocast on CUDA or
+  a CPU with native bf16,
   channels_last / torch.compile when asked); the tutorial encodes every
   image batch through its VQ-VAE (broadcast nearest neighbour) and trains
   in fp32 with masks multiplied into full 3x3 weights. On CUDA also the
@@ -33,8 +34,9 @@ from common import (Table, base_parser, randomize_batch_norm,  # noqa: E402
                     setup, sync, time_pair)
 from dldemos.VQVAE.loading import code_cache  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
-from dldemos.VQVAE.runtime.build import (autocast, build_models,  # noqa: E402
-                                 prepare_for_training)
+from dldemos.VQVAE.runtime.build import (amp_enabled,  # noqa: E402
+                                         autocast, build_models,
+                                         prepare_for_training)
 from tutorial_reference import (TutorialPixelCNNWithEmbedding,  # noqa: E402
                                 TutorialVQVAE, train_prior_steps,
                                 train_vqvae_steps)
@@ -150,7 +152,7 @@ def bench_prior(cfg, args, device, table):
                               warmup=1)
     h, w = codes.shape[1:]
     n_codes = steps * batch * h * w
-    flags = [f for f, on in (('bf16', args.amp and cuda),
+    flags = [f for f, on in (('bf16', amp_enabled(run_cfg, device)),
                              ('channels_last', args.channels_last and cuda),
                              ('compile', args.compile)) if on]
     what = (f'config {args.cfg_id} prior: {h}x{w} codes, '
@@ -228,7 +230,7 @@ def bench_vqvae(cfg, args, device, table):
     t_ours, t_ref = time_pair(ours, ref, device, args.repeats,
                               warmup=1)
     n_images = steps * batch
-    flags = [f for f, on in (('bf16', args.amp and cuda),
+    flags = [f for f, on in (('bf16', amp_enabled(run_cfg, device)),
                              ('channels_last', args.channels_last and cuda),
                              ('compile', args.compile)) if on]
     what = (f'config {args.cfg_id} VQ-VAE: {tuple(cfg["img_shape"])}, '
@@ -252,7 +254,8 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=None,
                         help='timed steps per repeat (default 20; --quick 4)')
     parser.add_argument('--no-amp', dest='amp', action='store_false',
-                        help='ours without bf16 autocast (CUDA)')
+                        help='ours without bf16 autocast (CUDA, or a CPU '
+                        'with native bf16)')
     parser.add_argument('--channels-last', action='store_true',
                         help='ours with channels_last (CUDA)')
     parser.add_argument('--compile', action='store_true',
