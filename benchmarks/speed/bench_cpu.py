@@ -48,9 +48,9 @@ from dldemos.VQVAE.training.codebook import CodebookTrainer  # noqa: E402
 
 CPU = torch.device('cpu')
 # (model, config whose sizes it takes, which configs share those sizes)
-TARGETS = [('VQ-VAE', 5, '0, 5, 7'), ('VQ-VAE', 8, '8'),
-           ('prior', 0, '0'), ('prior', 5, '5'), ('prior', 7, '7'),
-           ('prior', 8, '8')]
+TARGETS = [('VQ-VAE', 5, (0, 5, 7)), ('VQ-VAE', 8, (8,)),
+           ('prior', 0, (0,)), ('prior', 5, (5,)), ('prior', 7, (7,)),
+           ('prior', 8, (8,))]
 
 
 # ---------------------------------------------------------------- steps
@@ -191,8 +191,9 @@ def bench_steps(args):
     for threads in args.threads:
         torch.set_num_threads(threads)
         for kind, cfg_id, shared in TARGETS:
-            if args.configs and cfg_id not in args.configs:
+            if args.configs and not set(shared) & set(args.configs):
                 continue
+            shared = ', '.join(map(str, shared))
             cfg = get_cfg(cfg_id)
             batch = batch_of(kind, cfg, args)
             g = torch.Generator().manual_seed(args.seed)
@@ -299,7 +300,7 @@ def main(argv=None):
     print(f'{args.steps} steps per repeat, median of {args.repeats} '
           'repeats; ms per step (Adam step included)')
     print('command: ' + shlex.join(
-        ['python', os.path.relpath(os.path.abspath(sys.argv[0]), REPO)]
+        ['python', os.path.relpath(os.path.abspath(__file__), REPO)]
         + (sys.argv[1:] if argv is None else list(argv))))
     print()
     if args.steps_table:
