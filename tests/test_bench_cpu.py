@@ -24,15 +24,18 @@ def bench():
 
 def test_quick_run_prints_the_cpu_the_table_and_the_command(bench, capsys):
     bench.main(['--quick', '--configs', '7', '--repeats', '1',
-                '--channels-last'])
+                '--channels-last', '--threads', '1', '2'])
     out = capsys.readouterr().out
     assert 'native bf16 (oneDNN): ' in out
     assert 'command: python benchmarks/speed/bench_cpu.py --quick' in out
-    rows = [line for line in out.splitlines() if line.startswith('| 1 |')]
+    rows = [line for line in out.splitlines()
+            if line.startswith(('| VQ-VAE', '| prior'))]
     # config 7: its VQ-VAE (shared with 0 and 5) and its prior
-    assert [r.split('|')[2].strip() for r in rows] == ['VQ-VAE (0, 5, 7)',
+    assert [r.split('|')[1].strip() for r in rows] == ['VQ-VAE (0, 5, 7)',
                                                        'prior (7)']
-    assert all(r.count('x |') == 3 for r in rows)  # three ratios to fp32
+    # 2 precisions x 2 layouts x 2 thread counts: seven ratios to the first
+    assert all(r.count('x |') == 7 for r in rows)
+    assert '| fp32 1t / bf16 channels_last 2t |' in out
 
 
 @pytest.mark.parametrize('kind', ['VQ-VAE', 'prior'])
@@ -44,7 +47,7 @@ def test_variants_start_from_the_same_weights(bench, kind):
     data = bench.inputs(kind, cfg, 2, torch.Generator().manual_seed(0))
     steps = [bench.make_step(kind, cfg, base, data, v)
              for v in bench.variants(type('A', (), dict(
-                 channels_last=True, compile=False))())]
+                 channels_last=True, compile=False, threads=[1]))())]
     states = [s.model.state_dict() for s in steps]
     for state in states[1:]:
         for k, v in states[0].items():

@@ -1,7 +1,7 @@
 """One training step on a CPU: fp32 vs bf16 autocast (amp), same weights.
 
     python benchmarks/speed/bench_cpu.py                      # the table
-    python benchmarks/speed/bench_cpu.py --threads 1 2        # per thread count
+    python benchmarks/speed/bench_cpu.py --threads 1 2        # 1 vs 2 threads
     python benchmarks/speed/bench_cpu.py --channels-last      # + NHWC rows
     python benchmarks/speed/bench_cpu.py --compile            # + torch.compile
     python benchmarks/speed/bench_cpu.py --loader --data-root DIR  # MNIST
@@ -151,19 +151,24 @@ def time_variants(steps, n_steps, repeats):
 
 
 def variants(args):
-    out = [dict(name='fp32', amp=False, channels_last=False, compile=False),
-           dict(name='bf16', amp=True, channels_last=False, compile=False)]
+    """What each timed step function runs as: precision (amp), layout,
+    compile, threads; every thread count gets every other variant, all
+    timed in turns."""
+    kinds = [dict(name='fp32', amp=False, channels_last=False, compile=False),
+             dict(name='bf16', amp=True, channels_last=False, compile=False)]
     if args.channels_last:
-        out += [dict(name='fp32 channels_last', amp=False,
-                     channels_last=True, compile=False),
-                dict(name='bf16 channels_last', amp=True,
-                     channels_last=True, compile=False)]
+        kinds += [dict(name='fp32 channels_last', amp=False,
+                       channels_last=True, compile=False),
+                  dict(name='bf16 channels_last', amp=True,
+                       channels_last=True, compile=False)]
     if args.compile:
-        out += [dict(name='fp32 compile', amp=False, channels_last=False,
-                     compile=True),
-                dict(name='bf16 compile', amp=True, channels_last=False,
-                     compile=True)]
-    return out
+        kinds += [dict(name='fp32 compile', amp=False, channels_last=False,
+                       compile=True),
+                  dict(name='bf16 compile', amp=True, channels_last=False,
+                       compile=True)]
+    many = len(args.threads) > 1
+    return [dict(v, threads=t, name=f'{v["name"]} {t}t' if many else v['name'])
+            for t in args.threads for v in kinds]
 
 
 def batch_of(kind, cfg, args):
@@ -182,41 +187,47 @@ def describe_target(kind, cfg_id, cfg, batch):
 
 
 def bench_steps(args):
-    names = [v['name'] for v in variants(args)]
-    print('| threads | model (configs) | sizes | '
+    runs = variants(args)
+    names = [v['name'] for v in runs]
+    print('| model (configs) | sizes | '
           + ' | '.join(f'{n} ms' for n in names) + ' | '
-          + ' | '.join(f'fp32 / {n}' for n in names[1:]) + ' |')
-    print('|' + ' --- |' * (3 + 2 * len(names) - 1))
+          + ' | '.join(f'{names[0]} / {n}' for n in names[1:]) + ' |')
+    print('|' + ' --- |' * (2 + 2 * len(names) - 1))
     firsts = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for kind, cfg_id, shared in TARGETS:
-            if args.configs and not set(shared) & set(args.configs):
-                continue
-            shared = ', '.join(map(str, shared))
-            cfg = get_cfg(cfg_id)
-            batch = batch_of(kind, cfg, args)
-            g = torch.Generator().manual_seed(args.seed)
-            torch.manual_seed(args.seed)
-            vqvae, prior = build_models(cfg)
-            base = vqvae if kind == 'VQ-VAE' else prior
-            data = inputs(kind, cfg, batch, g)
-            steps = [make_step(kind, cfg, base, data, v)
-                     for v in variants(args)]
-            t, first = time_variants(steps, args.steps, args.repeats)
-            ms = [f'{1e3 * s:,.0f}' for s in t]
-            ratios = [f'{t[0] / s:.2f}x' for s in t[1:]]
-            print(f'| {threads} | {kind} ({shared}) | '
-                  f'{describe_target(kind, cfg_id, cfg, batch)} | '
-                  + ' | '.join(ms) + ' | ' + ' | '.join(ratios) + ' |',
-                  flush=True)
-            firsts.append((threads, kind, shared, first))
+    for kind, cfg_id, shared in TARGETS:
+        if args.configs and not set(shared) & set(args.configs):
+            continue
+        shared = ', '.join(map(str, shared))
+        cfg = get_cfg(cfg_id)
+        batch = batch_of(kind, cfg, args)
+        g = torch.Generator().manual_seed(args.seed)
+        torch.manual_seed(args.seed)
+        vqvae, prior = build_models(cfg)
+        base = vqvae if kind == 'VQ-VAE' else prior
+        data = inputs(kind, cfg, batch, g)
+        steps = [with_threads(make_step(kind, cfg, base, data, v),
+                              v['threads']) for v in runs]
+        t, first = time_variants(steps, args.steps, args.repeats)
+        ms = [f'{1e3 * s:,.0f}' for s in t]
+        ratios = [f'{t[0] / s:.2f}x' for s in t[1:]]
+        print(f'| {kind} ({shared}) | '
+              f'{describe_target(kind, cfg_id, cfg, batch)} | '
+              + ' | '.join(ms) + ' | ' + ' | '.join(ratios) + ' |',
+              flush=True)
+        firsts.append((kind, shared, first))
     if args.compile:
         print('\nfirst step (s), which holds the compilation:')
-        for threads, kind, shared, first in firsts:
-            print(f'- {threads} threads, {kind} ({shared}): ' + ', '.join(
-                f'{v["name"]} {s:.1f}'
-                for v, s in zip(variants(args), first)))
+        for kind, shared, first in firsts:
+            print(f'- {kind} ({shared}): ' + ', '.join(
+                f'{v["name"]} {s:.1f}' for v, s in zip(runs, first)))
+
+
+def with_threads(step, threads):
+    def run():
+        torch.set_num_threads(threads)
+        step()
+    run.model = step.model
+    return run
 
 
 # ---------------------------------------------------------------- loader
@@ -256,15 +267,17 @@ def main(argv=None):
         description='fp32 vs bf16 (and other CPU variants) per training '
         'step, same weights, interleaved repeats.')
     parser.add_argument('--threads', type=int, nargs='+', default=[1],
-                        help='thread counts to time, one table row group '
-                        'each (default: 1)')
+                        help='thread counts to time, each with every variant,'
+                        ' all in turns (default: 1)')
     parser.add_argument('--configs', type=int, nargs='+', default=None,
                         help='only the sizes of these configs (0 5 7 8)')
-    parser.add_argument('--steps', type=int, default=3,
-                        help='steps per timed repeat (default 3)')
-    parser.add_argument('--repeats', type=int, default=5,
+    parser.add_argument('--steps', type=int, default=1,
+                        help='steps per timed repeat (default 1: the '
+                        'variants alternate step by step, so a change of '
+                        'load hits them alike)')
+    parser.add_argument('--repeats', type=int, default=7,
                         help='timed repeats; the median is reported '
-                        '(default 5)')
+                        '(default 7)')
     parser.add_argument('--batch', type=int, default=None,
                         help="cap on the batch size (default: the config's)")
     parser.add_argument('--channels-last', action='store_true',
