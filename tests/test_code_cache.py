@@ -8,6 +8,7 @@ import torch
 from conftest import make_face_folder
 from dldemos.VQVAE.loading import code_cache
 from dldemos.VQVAE.configs import get_cfg
+from dldemos.VQVAE.runtime import build
 from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.runtime.context import RunContext
 from dldemos.VQVAE.loading.loaders import code_loader
@@ -124,8 +125,12 @@ def test_prior_from_cache_matches_encoding_every_batch(tiny_data_root,
                               atol=1e-5), k
 
 
-def test_speed_flags_do_not_change_cpu_results(tiny_data_root, tmp_path):
-    """amp / channels_last are CUDA-only; on the CPU they change nothing."""
+def test_speed_flags_do_not_change_cpu_results(tiny_data_root, tmp_path,
+                                               monkeypatch):
+    """channels_last is CUDA-only, and amp on a CPU without native bf16 is
+    ignored: there they change nothing (tests/test_cpu_amp.py: amp where the
+    CPU has bf16)."""
+    monkeypatch.setattr(build, 'cpu_has_native_bf16', lambda: False)
     results = []
     for flags in ({'amp': False, 'channels_last': False},
                   {'amp': True, 'channels_last': True}):

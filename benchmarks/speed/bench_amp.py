@@ -18,8 +18,8 @@ Then it prints the device, a Markdown table (test PSNR, prior NLL,
 images/s of both trainings from the per-epoch logs: the median over the
 epochs after the first, which pays for warm-up) and the commands. One seed:
 differences of a few hundredths of a dB or nat are within what another seed
-moves. On a CPU amp is ignored (bf16 autocast is CUDA-only): every run trains
-in fp32 and the rows must agree; the output says so.
+moves. On a CPU without native bf16 amp is ignored: every run trains in fp32
+and the rows must agree; the output says so.
 """
 import argparse
 import datetime
@@ -35,6 +35,7 @@ if __name__ == '__main__':  # run as a script: the repo root importable
 from benchmarks.lib.common import REPO, dig, duration, sig  # noqa: E402
 from benchmarks.lib.runs import (EVALUATE, MAIN, default_device,  # noqa: E402
                                  machine, timed)
+from dldemos.utils.precision import cpu_has_native_bf16  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
 from dldemos.VQVAE.runtime.logs import read_jsonl  # noqa: E402
 
@@ -160,8 +161,8 @@ def report(args, results, argvs):
              if args.cfg_options else '')
           + '; scored on the test split by evaluate.py --n-samples 0 '
           + args.eval_args)
-    if args.device.startswith('cpu'):
-        print('note: on a CPU amp is ignored (bf16 autocast is CUDA-only): '
+    if args.device.startswith('cpu') and not cpu_has_native_bf16():
+        print('note: on a CPU without native bf16 amp is ignored: '
               'every run trained in fp32, so the rows must agree and say '
               'nothing about bf16')
     print()

@@ -7,7 +7,8 @@
 
 prior: codes/s (latent positions per second) of PixelCNN training. Ours
   reads codes from the code cache (built once, its time reported apart) and
-  runs main.py's step (kept-taps convolutions, bf16 autocast on CUDA,
+  runs main.py's step (kept-taps convolutions, bf16 autocast on CUDA or
+  a CPU with native bf16,
   channels_last / torch.compile when asked); the tutorial encodes every
   image batch through its VQ-VAE (broadcast nearest neighbour) and trains
   in fp32 with masks multiplied into full 3x3 weights. On CUDA also the
@@ -37,8 +38,9 @@ from benchmarks.lib.tutorial_reference import (  # noqa: E402
     train_vqvae_steps)
 from dldemos.VQVAE.loading import code_cache  # noqa: E402
 from dldemos.VQVAE.configs import get_cfg  # noqa: E402
-from dldemos.VQVAE.runtime.build import (autocast, build_models,  # noqa: E402
-                                 prepare_for_training)
+from dldemos.VQVAE.runtime.build import (amp_enabled,  # noqa: E402
+                                         autocast, build_models,
+                                         prepare_for_training)
 
 
 def loop(loader, steps):
@@ -151,7 +153,7 @@ def bench_prior(cfg, args, device, table):
                               warmup=1)
     h, w = codes.shape[1:]
     n_codes = steps * batch * h * w
-    flags = [f for f, on in (('bf16', args.amp and cuda),
+    flags = [f for f, on in (('bf16', amp_enabled(run_cfg, device)),
                              ('channels_last', args.channels_last and cuda),
                              ('compile', args.compile)) if on]
     what = (f'config {args.cfg_id} prior: {h}x{w} codes, '
@@ -229,7 +231,7 @@ def bench_vqvae(cfg, args, device, table):
     t_ours, t_ref = time_pair(ours, ref, device, args.repeats,
                               warmup=1)
     n_images = steps * batch
-    flags = [f for f, on in (('bf16', args.amp and cuda),
+    flags = [f for f, on in (('bf16', amp_enabled(run_cfg, device)),
                              ('channels_last', args.channels_last and cuda),
                              ('compile', args.compile)) if on]
     what = (f'config {args.cfg_id} VQ-VAE: {tuple(cfg["img_shape"])}, '
@@ -253,7 +255,8 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=None,
                         help='timed steps per repeat (default 20; --quick 4)')
     parser.add_argument('--no-amp', dest='amp', action='store_false',
-                        help='ours without bf16 autocast (CUDA)')
+                        help='ours without bf16 autocast (CUDA, or a CPU '
+                        'with native bf16)')
     parser.add_argument('--channels-last', action='store_true',
                         help='ours with channels_last (CUDA)')
     parser.add_argument('--compile', action='store_true',

@@ -28,8 +28,9 @@ DEFAULTS = dict(
     preview_every=1,       # epochs between preview grids in previews/ (0=off)
     n_preview=16,          # images in a preview grid (cheap: a handful)
     use_code_cache=True,   # encode the train set once for prior training
-    amp=False,             # bf16 autocast on CUDA (ignored on CPU); off:
-                           # the tutorial's runs train in fp32
+    amp=False,             # bf16 autocast on CUDA and on a CPU with
+                           # native bf16 (elsewhere ignored, said once);
+                           # off: the tutorial's runs train in fp32
     channels_last=False,   # NHWC memory layout on CUDA
     compile=False,         # torch.compile the models
     pixelcnn_bn=True,      # BatchNorm in the prior's gated blocks (the

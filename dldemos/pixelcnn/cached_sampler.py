@@ -23,9 +23,10 @@ convolution before it, so a position needs no extra ops for it. Every layer
 of the model is computed the same way as in `forward`, only for fewer
 positions: the logits agree with the full pass to float rounding.
 
-It computes in full fp32: sample_incremental turns off TF32 (cuDNN convolutions,
-on by default on CUDA, and cuBLAS matmuls) and a float32 matmul precision of
-'high' / 'medium' while it runs, and restores them afterwards. Otherwise on
+It computes in full fp32: sample_incremental turns off a caller's bf16
+autocast (amp, on CUDA or a CPU), TF32 (cuDNN convolutions, on by default on
+CUDA, and cuBLAS matmuls) and a float32 matmul precision of 'high' /
+'medium' while it runs, and restores them afterwards. Otherwise on
 CUDA the vertical stack (a cuDNN conv) would run in TF32 and the horizontal
 one (addmm) in fp32. The naive full-pass loop it is compared against must
 also run in full fp32 (e.g. inside `dldemos.utils.precision.full_fp32()`) for
@@ -100,8 +101,6 @@ def _class_bias(block, y):
     return None if y is None else block.class_bias.weight[y]
 
 
-@torch.no_grad()
-@full_fp32()  # see the module docstring
 def sample_incremental(gen_model, n, H, W, device, sample_fn,
                        temperature=1.0, top_k=None, generator=None,
                        on_step=None, y=None):
@@ -111,7 +110,18 @@ def sample_incremental(gen_model, n, H, W, device, sample_fn,
     sample_fn(logits [n, K], temperature, top_k, generator) -> codes [n]
     draws one position, as in the naive sampler, so both make the same random
     draws; on_step(i, j, logits) sees the logits of each position first.
+    Also inside a caller's bf16 autocast (amp) it computes in fp32: see the
+    module docstring.
     """
+    with torch.autocast(torch.device(device).type, enabled=False):
+        return _sample_incremental(gen_model, n, H, W, device, sample_fn,
+                                   temperature, top_k, generator, on_step, y)
+
+
+@torch.no_grad()
+@full_fp32()  # see the module docstring
+def _sample_incremental(gen_model, n, H, W, device, sample_fn, temperature,
+                        top_k, generator, on_step, y):
     if gen_model.training:
         raise ValueError('the cached sampler needs the model in eval mode '
                          '(batch norm with running statistics)')

@@ -31,3 +31,16 @@ def full_fp32():
         # restores cuda.matmul.allow_tf32 with it ('highest' <=> False)
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def cpu_has_native_bf16():
+    """True where this CPU computes bf16 in hardware, as oneDNN sees it
+    (AVX512-BF16 or AMX): there bf16 convolutions and matmuls are faster than
+    fp32. Elsewhere oneDNN emulates bf16 and autocast only slows down."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:  # an op this build registers but does not carry
+        return False

@@ -1,8 +1,11 @@
 """Models of a config, and how a stage wraps them for training."""
+import functools
+
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dldemos.utils.dist_utils import is_dist
+from dldemos.utils.dist_utils import is_dist, is_main
+from dldemos.utils.precision import cpu_has_native_bf16
 from dldemos.VQVAE.model import VQVAE
 from dldemos.VQVAE.pixelcnn_model import PixelCNNWithEmbedding
 
@@ -35,8 +38,30 @@ def prepare_for_training(model, cfg, device):
     return model
 
 
+def amp_enabled(cfg, device):
+    """Whether cfg['amp'] (bf16 autocast) takes effect on `device`: on CUDA,
+    and on a CPU that computes bf16 natively; elsewhere bf16 is emulated and
+    slower than fp32, so the run trains in fp32 (said once)."""
+    if not cfg['amp']:
+        return False
+    if device.type == 'cuda':
+        return True
+    if device.type == 'cpu' and cpu_has_native_bf16():
+        return True
+    _say_amp_ignored(device.type)
+    return False
+
+
+@functools.cache  # one line per process and device type, not per step
+def _say_amp_ignored(device_type):
+    if is_main():
+        print(f'note: amp=True is ignored on this {device_type} (no native '
+              'bf16 support): training in fp32', flush=True)
+
+
 def autocast(cfg, device):
-    """bf16 autocast on CUDA when cfg['amp']: bf16 needs no loss scaling; the
-    quantizer's distances and the prior's output layer stay fp32."""
+    """bf16 autocast where amp_enabled(cfg, device): bf16 needs no loss
+    scaling; the quantizer's distances and the prior's output layer stay fp32
+    (on CUDA and on a CPU alike)."""
     return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=bool(cfg['amp']) and device.type == 'cuda')
+                          enabled=amp_enabled(cfg, device))
