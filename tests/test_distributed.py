@@ -69,6 +69,23 @@ def test_bad_config_key_is_said_once_by_rank_0(tmp_path):
     assert len(errors) == 1 and 'no_such_key' in errors[0], out[-3000:]
 
 
+def test_a_missing_vqvae_is_said_once_and_nothing_is_written(tmp_path):
+    """Stage 3 without its VQ-VAE: every rank finds it missing, rank 0 says
+    so, before the work dir is made."""
+    work = tmp_path / 'wd'
+    out = torchrun('dist_train_pixelcnn.py',
+                   ['-c', '5', '--device', 'cpu', '--work-dir', str(work),
+                    '--cfg-options', *TINY], ok=False)
+    errors = [line for line in out.splitlines()
+              if line.startswith('error')]
+    assert len(errors) == 1 and 'VQ-VAE checkpoint' in errors[0], \
+        out[-3000:]
+    # (torchrun prints its own ChildFailedError summary: none of ours)
+    assert not any('File "' in line and 'dldemos' in line
+                   for line in out.splitlines())
+    assert not work.exists()
+
+
 def printed_loss(out, log_path):
     """The epoch's loss: printed once (rank 0 only), rounded; exact in the
     JSONL log."""

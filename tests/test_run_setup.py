@@ -203,3 +203,15 @@ def test_a_resume_point_of_the_previous_version_resumes(tmp_path,
     assert torch.equal(load_file(path)['model']['vq_embedding.weight'],
                        load_file(tmp_path / 'model_mnist_quick.pth')
                        ['vq_embedding.weight'])
+
+
+@pytest.mark.parametrize('name', ['metrics.json', 'code_usage_MNIST.png',
+                                  'eval_samples_MNIST.jpg'])
+def test_evaluate_says_an_output_it_cannot_write_before_scoring(
+        capsys, tmp_path, tiny_data_root, name):
+    train(tiny_data_root, tmp_path)
+    (tmp_path / name).mkdir()
+    msg = error_of(capsys, evaluate, '--device', 'cpu', '--data-root',
+                   tiny_data_root, '--work-dir', tmp_path)
+    assert name in msg and 'is a folder' in msg
+    assert not (tmp_path / 'mnist_classifier.pth').exists()  # no scoring

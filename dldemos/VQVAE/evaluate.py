@@ -187,6 +187,13 @@ def check_writable(ctx):
         raise UsageError(f'cannot write into the work dir {ctx.work_dir} '
                          f'({e.strerror}): make it writable or copy the '
                          'run elsewhere') from None
+    dataset = ctx.cfg['dataset_type']
+    for name in ('metrics.json', f'code_usage_{dataset}.png',
+                 f'eval_samples_{dataset}.jpg',
+                 f'eval_reconstruct_{dataset}.jpg'):
+        if os.path.isdir(ctx.out(name)):  # a rename cannot replace it
+            raise UsageError(f'{ctx.out(name)} is a folder, where '
+                             'evaluate.py writes a file: move it away')
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ command.txt, and the seed is set.
 import json
 import os
 import sys
+import time
 
 from dldemos.utils.dist_utils import (barrier, get_backend,
                                       get_world_size, is_main,
@@ -23,6 +24,7 @@ from dldemos.VQVAE.runtime.context import (RunContext, check_outputs,
 from dldemos.VQVAE.runtime.logs import log
 from dldemos.VQVAE.runtime.work_lock import lock_work_dir, unlock_all
 
+RANK_GRACE_S = 10  # seconds a failed rank > 0 waits for rank 0 to speak
 # stage -> the checkpoints it reads, and the stage that writes each
 STAGE_INPUTS = {2: [('vqvae_path', 1)], 3: [('vqvae_path', 1)],
                 4: [('vqvae_path', 1), ('gen_model_path', 3)]}
@@ -47,7 +49,11 @@ def start_run(args, argv, stages, *, distributed=False, evaluating=False):
         check_stage_inputs(ctx, stages, evaluating)
     except UsageError:
         if distributed and get_rank_from_env() != 0:
-            sys.exit(2)  # every rank fails alike: rank 0 says it once
+            # every rank fails alike: rank 0 says it once. A rank that left
+            # at once would have torchrun stop rank 0 before it could say
+            # it; torchrun ends this one when rank 0 exits
+            time.sleep(RANK_GRACE_S)
+            sys.exit(2)
         raise
     ctx.device = setup_distributed('cpu' if args.device == 'cpu' else None) \
         if distributed else pick_device(args.device, args.d)
