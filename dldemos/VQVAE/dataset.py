@@ -361,18 +361,25 @@ def data_classes(type, data_root, use_lmdb=False):
 def open_lmdb(data_root, split, transform=None, mode='RGB',
               with_labels=False):
     """The LMDB dataset of your own images (see lmdb_path_of)."""
-    from dldemos.lmdb_loader import LMDBImageDataset, LMDBNotFound
     path = lmdb_path_of(data_root)
+    return lmdb_dataset(
+        path, f'no LMDB at {data_root} or {path}: make it with `python '
+        f'dldemos/lmdb_loader.py {data_root} {path}`, or set use_lmdb=False',
+        split=split, transform=transform, mode=mode,
+        with_labels=with_labels)
+
+
+def lmdb_dataset(path, missing, **kwargs):
+    """LMDBImageDataset(path, **kwargs); a missing LMDB is the one-line
+    DataError `missing`, which says how to make it (one that is there but
+    unfinished or foreign keeps its own error)."""
+    from dldemos.lmdb_loader import LMDBImageDataset, LMDBNotFound
     try:
-        return LMDBImageDataset(path, split, transform, mode=mode,
-                                with_labels=with_labels)
+        return LMDBImageDataset(path, **kwargs)
     except LMDBNotFound:
-        if os.path.exists(path):  # there, but unfinished or foreign
+        if os.path.exists(path):
             raise
-        raise DataError(
-            f'no LMDB at {data_root} or {path}: make it with `python '
-            f'dldemos/lmdb_loader.py {data_root} {path}`, or set '
-            'use_lmdb=False') from None
+        raise DataError(missing) from None
 
 
 def files_fingerprint(dataset):
@@ -461,22 +468,14 @@ def get_dataset(type, img_shape=None, data_root=DATA_ROOT, split='train',
                           CELEBA_DIR if type == 'CelebA' else CELEBA_HQ_DIR)
     kwargs = {} if img_shape is None else {'img_shape': img_shape}
     if use_lmdb:  # the LMDB sits beside the folder's place in data_root
-        from dldemos.lmdb_loader import LMDBImageDataset, LMDBNotFound
         path = folder + '.lmdb'
-        try:
-            return LMDBImageDataset(path, split=split,
-                                    transform=fit_transform(
-                                        kwargs.get('img_shape', (64, 64)),
-                                        fit, type),
-                                    expect_type=type)
-        except LMDBNotFound:
-            if os.path.exists(path):  # there, but unfinished or foreign
-                raise
-            raise DataError(
-                f'LMDB {path} not found: make it with `python '
-                'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with '
-                f'the celebA/ folders> --lmdb-root {data_root}` or set '
-                'use_lmdb=False') from None
+        return lmdb_dataset(
+            path, f'LMDB {path} not found: make it with `python '
+            'dldemos/VQVAE/dataset.py --to-lmdb --data-root <root with the '
+            f'celebA/ folders> --lmdb-root {data_root}` or set '
+            'use_lmdb=False', split=split, expect_type=type,
+            transform=fit_transform(kwargs.get('img_shape', (64, 64)), fit,
+                                    type))
     dataset = CelebADataset(folder, split=split, dataset_type=type, **kwargs)
     if fit not in ('auto', 'celeba'):
         dataset.pipeline = fit_transform(dataset.img_shape, fit, type)

@@ -33,7 +33,8 @@ from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.runtime.build import build_models
 from dldemos.VQVAE.runtime.cli import add_common_args
 from dldemos.VQVAE.runtime.context import data_split, split_changed
-from dldemos.VQVAE.runtime.files import file_sha256, plain, write_text_atomic
+from dldemos.VQVAE.runtime.files import (file_sha256, plain, probe_writable,
+                                         write_text_atomic)
 from dldemos.VQVAE.runtime.hardware import describe as hardware
 from dldemos.VQVAE.runtime.logs import log
 from dldemos.VQVAE.runtime.resume_point import read_resume_entry
@@ -178,11 +179,8 @@ def run(args, argv=()):
 def check_writable(ctx):
     """metrics.json and the pictures go into the work dir: find out that
     they cannot before minutes of scoring, not after."""
-    probe = ctx.out(f'.write_test{os.getpid()}')
     try:
-        with open(probe, 'w'):
-            pass
-        os.remove(probe)
+        probe_writable(ctx.work_dir)
     except OSError as e:
         raise UsageError(f'cannot write into the work dir {ctx.work_dir} '
                          f'({e.strerror}): make it writable or copy the '

@@ -19,7 +19,8 @@ from dldemos.utils.dist_utils import get_rank, is_main
 from dldemos.utils.errors import UsageError
 from dldemos.VQVAE.dataset import data_options, get_dataset, split_names
 from dldemos.VQVAE.runtime.files import (append_text_atomic, file_sha256,
-                                         load_model, plain, write_text_atomic)
+                                         load_model, plain, probe_writable,
+                                         write_text_atomic)
 from dldemos.VQVAE.runtime.resume_point import read_provenance, resume_path
 from dldemos.VQVAE.runtime.work_lock import lock_work_dir
 
@@ -93,11 +94,8 @@ def prepare_work_dir(ctx, argv):
     Nothing is written before every check that can fail has passed."""
     try:
         os.makedirs(ctx.work_dir, exist_ok=True)
-        # pid and rank: ranks on several nodes may share the dir and a pid
-        probe = ctx.out(f'.write_test{os.getpid()}_{get_rank()}')
-        with open(probe, 'w'):
-            pass
-        os.remove(probe)
+        # rank: ranks on several nodes may share the dir and a pid
+        probe_writable(ctx.work_dir, f'_{get_rank()}')
     except OSError as e:
         raise UsageError(f'work dir {ctx.work_dir} is not writable '
                          f'({e.strerror}): pick another with --work-dir') \

@@ -28,6 +28,16 @@ def write_text_atomic(path, text):
     write_atomic(path, 'w', lambda f: f.write(text))
 
 
+def probe_writable(folder, tag=''):
+    """Create and remove a file in folder (OSError if it cannot be written):
+    said before a run works, not when its first file is due. `tag` keeps
+    the probes of processes that share a folder and a pid apart."""
+    probe = os.path.join(folder, f'.write_test{os.getpid()}{tag}')
+    with open(probe, 'w'):
+        pass
+    os.remove(probe)
+
+
 def write_bytes_atomic(path, data):
     """Write an encoded image (or any bytes) the same way."""
     write_atomic(path, 'wb', lambda f: f.write(data))
