@@ -178,3 +178,22 @@ def test_cached_sampler_under_amp_draws_what_the_naive_loop_draws(
     torch.testing.assert_close(cached_logits, naive_logits, atol=1e-5,
                                rtol=1e-5)
     assert torch.equal(cached, naive)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_channels_last_on_a_cpu_reaches_the_vqvae_only(channels_last,
+                                                       tmp_path):
+    """On a CPU the prior's masked convs ran slower in NHWC, so the key
+    converts the VQ-VAE's conv weights and leaves the prior's alone."""
+    cfg = dict(tiny_cfg(tmp_path), channels_last=channels_last, compile=False)
+    vqvae, prior = build_models(cfg)
+    cpu = torch.device('cpu')
+    build.prepare_for_training(vqvae, cfg, cpu)
+    build.prepare_for_training(prior, cfg, cpu)
+
+    def nhwc(model):
+        return [p.is_contiguous(memory_format=torch.channels_last)
+                and not p.is_contiguous()
+                for p in model.parameters() if p.dim() == 4]
+    assert any(nhwc(vqvae)) == channels_last
+    assert not any(nhwc(prior))

@@ -31,7 +31,9 @@ DEFAULTS = dict(
     amp=False,             # bf16 autocast on CUDA and on a CPU with
                            # native bf16 (elsewhere ignored, said once);
                            # off: the tutorial's runs train in fp32
-    channels_last=False,   # NHWC memory layout on CUDA
+    channels_last=False,   # NHWC memory layout: both models on CUDA, the
+                           # VQ-VAE only on a CPU (where the prior's masked
+                           # convs run slower in it)
     compile=False,         # torch.compile the models
     pixelcnn_bn=True,      # BatchNorm in the prior's gated blocks (the
                            # tutorial's); per-rank batch statistics make a

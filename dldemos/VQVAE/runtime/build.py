@@ -28,7 +28,7 @@ def prepare_for_training(model, cfg, device):
     (as configured) channels_last, DDP under torchrun, torch.compile. The
     optimizer and checkpoints keep using `model` itself (the unwrapped one)."""
     model.to(device)
-    if cfg['channels_last'] and device.type == 'cuda':
+    if cfg['channels_last'] and channels_last_pays(model, device):
         model.to(memory_format=torch.channels_last)
     if is_dist():
         model = DistributedDataParallel(
@@ -36,6 +36,15 @@ def prepare_for_training(model, cfg, device):
     if cfg['compile']:
         model = torch.compile(model)
     return model
+
+
+def channels_last_pays(model, device):
+    """Whether cfg['channels_last'] applies to `model` on `device`: every
+    model on CUDA; on a CPU only the VQ-VAE, whose plain convs oneDNN runs
+    faster in NHWC, while the prior's masked convs ran slower in NHWC
+    (benchmarks/speed/bench_cpu.py --channels-last)."""
+    return device.type == 'cuda' or (device.type == 'cpu'
+                                     and isinstance(model, VQVAE))
 
 
 def amp_enabled(cfg, device):
