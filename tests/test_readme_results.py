@@ -65,8 +65,11 @@ def check_row(row, metrics, work_dir):
         round(ref['train_vs_test']['fid'], 1)
     assert float(c['mean_confidence']) == \
         round(s['mean_confidence'], 3)
-    # an unconditional prior has no conditional accuracy
+    # an unconditional prior has no conditional accuracy, and MNIST (scored
+    # by its classifier's features) no patch distance
     assert c['conditional_accuracy'] == '-'
+    assert c['swd'] == c['swd_ref_reconstructions'] == c['swd_ref_train'] \
+        == '-'
 
 
 @pytest.mark.slow
@@ -128,3 +131,20 @@ def test_the_header_is_the_results_docs():
     head, rule = readme_results.header([metrics]).splitlines()
     results = (REPO / 'docs' / 'results.md').read_text()
     assert f'{head}\n{rule}\n' in results
+
+
+def test_a_face_row_shows_the_patch_distances_and_no_fid():
+    """Faces have no classifier and (without cached Inception weights) no
+    FID: the row says '-' there and prints the three patch distances."""
+    samples = {'fid': None, 'swd': 40.4707, 'swd_ref_reconstructions': 31.8895,
+               'swd_ref_train': 16.1856}
+    metrics = {'vqvae': {'mse': 0.0034, 'psnr': 24.64, 'ssim': 0.784,
+                         'codes_used': 64, 'n_embedding': 64,
+                         'perplexity': 58.4},
+               'prior': {'nll_nats_per_latent': 2.672, 'bits_per_dim': 0.08},
+               'samples': samples, 'checkpoints': {}}
+    c = dict(zip(readme_results.COLUMNS,
+                 cells(readme_results.row('faces', metrics, 60.0))))
+    assert c['fid'] == c['conditional_accuracy'] == '-'
+    assert (c['swd'], c['swd_ref_reconstructions'], c['swd_ref_train']) == \
+        ('40.47', '31.89', '16.19')

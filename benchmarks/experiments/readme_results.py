@@ -63,7 +63,8 @@ COLUMNS = ['run', 'epochs (VQ-VAE / prior)', 'train time', 'test MSE',
            'PSNR (dB)', 'SSIM', 'codes used (perplexity)',
            'prior NLL nats/latent (uniform {uniform})', 'bits/dim',
            'fid', 'fid ref: reconstructions', 'fid ref: train vs test',
-           'mean_confidence', 'conditional_accuracy']
+           'mean_confidence', 'conditional_accuracy', 'swd',
+           'swd_ref_reconstructions', 'swd_ref_train']
 
 
 # ------------------------------------------------------------ formatting
@@ -115,6 +116,8 @@ def row(label, m, train_s):
              lambda x: f'{x:.1f}'),
         cell(dig(s, 'mean_confidence'), lambda x: f'{x:.3f}'),
         cell(dig(s, 'conditional_accuracy'), lambda x: f'{x:.3f}'),
+        *(cell(dig(s, k), lambda x: f'{x:.2f}')  # images without a classifier
+          for k in ('swd', 'swd_ref_reconstructions', 'swd_ref_train')),
     ]
     return '| ' + ' | '.join(cells) + ' |'
 
