@@ -334,3 +334,43 @@ def test_readme_links_every_doc():
 def test_configs_doc_names_every_key(key):
     assert f'`{key}`' in (REPO / 'docs' / 'configs.md').read_text(), \
         f'docs/configs.md does not describe config key {key}'
+
+
+def values_table():
+    """docs/configs.md's 'Values per config' table: {key: [cell per id]}."""
+    text = (REPO / 'docs' / 'configs.md').read_text()
+    section = text.split('## Values per config', 1)[1].split('\n## ', 1)[0]
+    rows = [cells_of(line) for line in section.splitlines()
+            if line.startswith('| `')]
+    return {r[0].strip('`'): r[1:] for r in rows}
+
+
+def cells_of(line):
+    return [c.strip() for c in line.strip().strip('|').split('|')]
+
+
+def cell_matches(cell, value):
+    if isinstance(value, (tuple, list)):
+        return cell == 'x'.join(map(str, value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(cell) == value
+    return cell == str(value)
+
+
+def test_configs_doc_values_are_the_configs():
+    """The per-config table shows every key that differs between configs
+    (checkpoint names aside), each cell the config's value, so the doc
+    cannot drift from configs.py."""
+    from dldemos.VQVAE.configs import get_cfg
+    full = [get_cfg(i) for i in range(len(cfgs))]
+    table = values_table()
+    differing = {k for k in full[0] if k not in ('vqvae_path',
+                                                 'gen_model_path')
+                 and any(c[k] != full[0][k] for c in full)}
+    assert differing <= set(table), \
+        f'docs/configs.md lacks rows for {sorted(differing - set(table))}'
+    for key, row in table.items():
+        assert len(row) == len(full), f'{key}: {len(row)} columns'
+        wrong = [i for i, c in enumerate(full)
+                 if not cell_matches(row[i], c[key])]
+        assert not wrong, f'docs/configs.md: {key} wrong for configs {wrong}'
