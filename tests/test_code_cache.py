@@ -228,3 +228,40 @@ def test_forged_labels_are_rebuilt(tiny_data_root, tmp_path, capsys):
 def test_code_dtype_holds_large_codebooks():
     for k in (256, 257, 2**15, 2**15 + 1, 100_000):
         assert torch.iinfo(code_cache.code_dtype(k)).max >= k - 1
+
+
+@pytest.mark.parametrize('n_classes', [None, 10])
+def test_prior_hflip_adds_the_codes_of_the_mirrored_images(
+        tiny_data_root, tmp_path, n_classes):
+    """prior_hflip: the training codes are followed by those of the same
+    images mirrored left-right, as the VQ-VAE encodes them (labels
+    repeated); held-out codes stay unmirrored."""
+    cfg = tiny_cfg(tmp_path, prior_hflip=True, n_classes=n_classes)
+    vqvae = save_vqvae(cfg, 0)
+    ctx = RunContext(cfg, torch.device('cpu'), str(tmp_path),
+                     str(tiny_data_root))
+
+    def batches(split):
+        loader, _ = code_loader(ctx, vqvae, split, shuffle=False,
+                                batch_size=16)
+        return [torch.cat(parts) for parts in zip(*loader)]
+    from dldemos.VQVAE.dataset import get_dataset
+    data = get_dataset('MNIST', (28, 28), str(tiny_data_root),
+                       with_labels=True)
+    imgs = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.stack([data[i][1] for i in range(len(data))])
+    with torch.no_grad():
+        plain, mirrored = vqvae.encode(imgs), vqvae.encode(imgs.flip(-1))
+    train = batches('train')
+    assert torch.equal(train[0].long(), torch.cat([plain, mirrored]))
+    assert not torch.equal(plain, mirrored)  # a real second half
+    if n_classes:
+        assert torch.equal(train[1], torch.cat([labels, labels]))
+    test = batches('test')
+    assert len(test[0]) == len(get_dataset('MNIST', (28, 28),
+                                           str(tiny_data_root), 'test'))
+    # the mirrored codes have a cache of their own, reused the second time
+    path = code_cache.cache_path(cfg['vqvae_path'], 'train_mirrored')
+    mtime = os.stat(path).st_mtime_ns
+    assert torch.equal(batches('train')[0], train[0])
+    assert os.stat(path).st_mtime_ns == mtime

@@ -170,3 +170,10 @@ def test_n_classes_needs_labels_that_fit(cfg_id, option, expected):
     with pytest.raises(UsageError) as e:
         load_cfg(cfg_id, options)
     assert expected in str(e.value) and '\n' not in str(e.value)
+
+
+def test_prior_hflip_needs_the_code_cache():
+    from dldemos.VQVAE.runtime.config_check import load_cfg
+    with pytest.raises(UsageError, match='use_code_cache=True') as e:
+        load_cfg(8, ['prior_hflip=True', 'use_code_cache=False'])
+    assert '\n' not in str(e.value)

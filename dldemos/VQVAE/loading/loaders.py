@@ -7,12 +7,14 @@ repeat, and a resumed run sees the batches an uninterrupted one would.
 import os
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import (DataLoader, Dataset, DistributedSampler,
+                              TensorDataset)
 from tqdm import tqdm
 
 from dldemos.utils.dist_utils import is_dist, is_main
 from dldemos.VQVAE.loading import code_cache
-from dldemos.VQVAE.dataset import data_options, get_dataloader, get_dataset
+from dldemos.VQVAE.dataset import (data_options, files_fingerprint,
+                                   get_dataloader, get_dataset)
 
 
 def usable_workers(requested):
@@ -66,10 +68,26 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
            'img_fit': cfg['img_fit'],
            'subset': subset, 'use_lmdb': cfg['use_lmdb'],
            'data_root': os.path.abspath(ctx.data_root)}
-    out = code_cache.load_or_build(
-        vqvae, ctx.ckpt('vqvae_path'), key, make_loader, ctx.device,
-        lambda it: tqdm(it, desc=f'encoding {split} set', leave=False,
-                        disable=not is_main()), with_labels=with_labels)
+
+    def load(key, make_loader, fingerprint=None):
+        return code_cache.load_or_build(
+            vqvae, ctx.ckpt('vqvae_path'), key, make_loader, ctx.device,
+            lambda it: tqdm(it, desc=f'encoding {key["split"]} set',
+                            leave=False, disable=not is_main()),
+            fingerprint, with_labels=with_labels)
+    out = load(key, make_loader)
+    if cfg['prior_hflip'] and split == 'train':
+        # A mirrored face is a face: the codes of every training image
+        # mirrored left-right double the data of a prior that overfits a
+        # few thousand images. Encoded (not the code grid flipped: the
+        # encoder is not mirror-symmetric) and cached beside the others.
+        fingerprint = files_fingerprint(make_loader().dataset) \
+            if is_main() else None  # of the files, as the unmirrored cache
+        mirrored = load(dict(key, split='train_mirrored'),
+                        lambda: mirrored_loader(make_loader(), with_labels),
+                        fingerprint)
+        out = tuple(torch.cat(pair) for pair in zip(out, mirrored)) \
+            if with_labels else torch.cat([out, mirrored])
     # codes [N, h, w] (and labels [N]): batches of (codes,) or (codes, labels)
     dataset = TensorDataset(*(out if with_labels else (out,)))
     sharded = is_dist() and shuffle
@@ -78,6 +96,29 @@ def code_loader(ctx, vqvae, split='train', *, subset=None, shuffle=True,
                                     {'num_replicas': 1, 'rank': 0}))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler), \
         sampler
+
+
+class Mirrored(Dataset):
+    """`dataset`'s images mirrored left-right (labels, if any, kept)."""
+
+    def __init__(self, dataset, with_labels):
+        self.dataset, self.with_labels = dataset, with_labels
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        if self.with_labels:
+            return item[0].flip(-1), item[1]  # [C, H, W] mirrored, label
+        return item.flip(-1)  # [C, H, W] mirrored
+
+
+def mirrored_loader(loader, with_labels):
+    """A loader like `loader` (unshuffled) over its images mirrored."""
+    return DataLoader(Mirrored(loader.dataset, with_labels),
+                      batch_size=loader.batch_size, shuffle=False,
+                      num_workers=loader.num_workers)
 
 
 def prior_loader(ctx, vqvae):

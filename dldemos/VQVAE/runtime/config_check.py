@@ -180,6 +180,10 @@ def check_ranges(cfg):
         raise UsageError('use_lmdb=True reads the CelebA / CelebAHQ folders '
                          'converted to LMDB; MNIST is read from its own '
                          'files: set use_lmdb=False')
+    if cfg['prior_hflip'] and not cfg['use_code_cache']:
+        raise UsageError('prior_hflip=True mirrors the images whose codes '
+                         'are cached: set use_code_cache=True (or '
+                         'prior_hflip=False)')
 
 
 def check_n_classes(cfg):
