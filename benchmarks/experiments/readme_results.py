@@ -57,6 +57,7 @@ RUNS = {
     'plus_quick': Run('config 7 (conditional prior, CPU)', 7),
     'plus': Run('config 6 (conditional prior)', 6),  # a GPU's
     'faces': Run('config 8 (CelebA faces 64x64)', 8),
+    'faces_plus': Run('config 10 (faces: 512 codes, bf16)', 10),
 }
 
 COLUMNS = ['run', 'epochs (VQ-VAE / prior)', 'train time', 'test MSE',
