@@ -93,3 +93,15 @@ def test_evaluate_scores_the_held_out_faces(face_root, face_run):
     s = m['samples']
     assert s['fid_feature'] == 'inception-v3'
     assert s['fid'] is not None or 'not found' in s['skipped']
+
+
+def test_config_10_is_config_8_with_the_measured_changes():
+    """Config 10 changes only what its runs measured (docs/results.md):
+    codes, VQ-VAE batch and epochs, mirrored codes for a shorter prior,
+    channels_last; everything else, bf16 included, is config 8's."""
+    c8, c10 = get_cfg(8), get_cfg(10)
+    changed = {k for k in c8 if c8[k] != c10[k]}
+    assert changed == {'n_embedding', 'batch_size', 'n_epochs', 'prior_hflip',
+                       'n_epochs_2', 'channels_last', 'vqvae_path',
+                       'gen_model_path'}
+    assert c10['n_embedding'] == 512 and c10['prior_hflip'] and c10['amp']
