@@ -253,10 +253,12 @@ def test_out_of_range_values_exit_2(tiny_data_root, tmp_path, capsys,
 
 
 def test_unknown_config_id_exits_2(tiny_data_root, tmp_path, capsys):
+    from dldemos.VQVAE.configs import cfgs
     with pytest.raises(SystemExit) as e:
-        vq_main.main(['-c', '10', '--work-dir', str(tmp_path)])
+        vq_main.main(['-c', str(len(cfgs)), '--work-dir', str(tmp_path)])
     assert e.value.code == 2
-    assert '0-9' in capsys.readouterr().err  # the valid ids are named
+    # the valid ids are named
+    assert f'0-{len(cfgs) - 1}' in capsys.readouterr().err
 
 
 def test_same_seed_gives_identical_checkpoints(mnist_run, tiny_data_root,

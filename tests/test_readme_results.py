@@ -86,7 +86,8 @@ def test_a_tiny_run_prints_its_metrics_as_a_readme_row(tiny_data_root,
     head, rule, row = table_lines(out, 'config 5 (quick)')
     check_row(row, metrics, work_dir)
     assert '(uniform 2.773)' in head  # log 16
-    assert len(cells(head)) == len(cells(rule)) == len(cells(row)) == 14
+    assert len(cells(head)) == len(cells(rule)) == len(cells(row)) == \
+        len(readme_results.COLUMNS)
     record = json.loads((work_dir / readme_results.RECORD).read_text())
     assert record['main_s'] > 0 and record['evaluate_s'] > 0
     # main.py's wall time per stage, from its `stage k (...) took` lines
