@@ -311,8 +311,9 @@ def test_non_utf8_file_name_is_skipped_with_a_warning(tmp_path, capsys):
         LMDBImageDataset(str(out)).names
 
 
-def test_failed_conversion_leaves_no_tmp_folder(tmp_path, monkeypatch):
-    folder = make_face_folder(tmp_path / 'faces', 6, (32, 32))
+def fail_third_open(monkeypatch):
+    """The third file lmdb_loader opens is unreadable (PermissionError), as
+    an image might be mid-conversion."""
     opened = []
 
     def failing_open(path, *args, **kwargs):
@@ -321,6 +322,11 @@ def test_failed_conversion_leaves_no_tmp_folder(tmp_path, monkeypatch):
             raise PermissionError(13, 'Permission denied', path)
         return open(path, *args, **kwargs)
     monkeypatch.setattr(lmdb_loader, 'open', failing_open, raising=False)
+
+
+def test_failed_conversion_leaves_no_tmp_folder(tmp_path, monkeypatch):
+    folder = make_face_folder(tmp_path / 'faces', 6, (32, 32))
+    fail_third_open(monkeypatch)
     out = tmp_path / 'faces.lmdb'
     with pytest.raises(DataError) as e:
         folder_to_lmdb(str(folder), str(out), progress=False)

@@ -25,6 +25,7 @@ from dldemos.VQVAE.dataset import (CropFit, ImageFolderDataset,
                                    files_fingerprint, get_dataset)
 from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.config_check import load_cfg
+from test_lmdb import fail_third_open
 
 RNG = np.random.default_rng(0)
 
@@ -576,14 +577,7 @@ def test_evaluate_scores_a_labelled_folder_with_its_own_classifier(tmp_path):
 def test_a_failed_single_file_conversion_leaves_nothing(tmp_path,
                                                        monkeypatch):
     folder = flat_folder(tmp_path / 'f', 6)
-    opened = []
-
-    def failing_open(path, *args, **kwargs):
-        opened.append(path)
-        if len(opened) == 3:
-            raise PermissionError(13, 'Permission denied', path)
-        return open(path, *args, **kwargs)
-    monkeypatch.setattr(lmdb_loader, 'open', failing_open, raising=False)
+    fail_third_open(monkeypatch)
     out = tmp_path / 'f.lmdb'
     with pytest.raises(DataError) as e:
         folder2lmdb(str(folder), str(out))

@@ -204,6 +204,25 @@ def spawn(data_root, work_dir, *options, stages):
                             env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
+def spawn_in_epoch_2(data_root, work_dir):
+    """A long stage-1 run, returned once its first resume point exists (it
+    is in epoch 2 then), for signals to hit mid-epoch."""
+    # batch_size=1 over the 64 tiny MNIST images: 64 batches an epoch
+    proc = spawn(data_root, work_dir, 'batch_size=1', 'train_subset=None',
+                 'eval_subset=None', 'preview_every=0', 'n_epochs=1000',
+                 stages='1')
+    try:
+        t0 = time.monotonic()
+        while not (work_dir / resume_path(VQ)).exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.02)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
 @pytest.mark.slow
 def test_sigterm_while_sampling_exits_130_with_a_message(
         trained, tiny_data_root, tmp_path):
@@ -230,16 +249,8 @@ def test_sigterm_while_sampling_exits_130_with_a_message(
 
 @pytest.mark.slow
 def test_second_sigint_does_not_abort_the_save(tiny_data_root, tmp_path):
-    # batch_size=1 over the 64 tiny MNIST images: 64 batches an epoch
-    proc = spawn(tiny_data_root, tmp_path, 'batch_size=1',
-                 'train_subset=None', 'eval_subset=None', 'preview_every=0',
-                 'n_epochs=1000', stages='1')
+    proc = spawn_in_epoch_2(tiny_data_root, tmp_path)
     try:
-        t0 = time.monotonic()
-        while not (tmp_path / resume_path(VQ)).exists():  # in epoch 2 now
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() - t0 < 120
-            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
         proc.send_signal(signal.SIGINT)

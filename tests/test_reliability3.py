@@ -18,7 +18,7 @@ from dldemos.VQVAE.runtime.resume_point import resume_path
 from dldemos.VQVAE.runtime.config_check import MAX_SIZES
 from dldemos.VQVAE.training import epoch_runner
 from test_reliability import (GEN, REPO, VQ, copy_of, epoch_setup, fails,
-                              run_main, spawn)
+                              run_main, spawn_in_epoch_2)
 from test_reliability import trained  # noqa: F401 (a fixture)
 
 
@@ -364,16 +364,8 @@ def test_epoch_line_is_rounded_and_the_log_exact(tiny_data_root, tmp_path,
 @pytest.mark.parametrize('late', [signal.SIGINT, signal.SIGTERM])
 def test_a_storm_of_signals_ends_in_130_without_a_traceback(
         tiny_data_root, tmp_path, late):
-    # batch_size=1 over the 64 tiny MNIST images: 64 batches an epoch
-    proc = spawn(tiny_data_root, tmp_path, 'batch_size=1',
-                 'train_subset=None', 'eval_subset=None', 'preview_every=0',
-                 'n_epochs=1000', stages='1')
+    proc = spawn_in_epoch_2(tiny_data_root, tmp_path)
     try:
-        t0 = time.monotonic()
-        while not (tmp_path / resume_path(VQ)).exists():  # in epoch 2 now
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() - t0 < 120
-            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         # more signals while it saves, prints its message and exits
         for _ in range(200):
